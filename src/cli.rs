@@ -1,0 +1,131 @@
+//! Command-line interface. Flags override `AUDIT_*` environment variables,
+//! which override the config file (see `config`).
+
+use crate::logging::LogFormat;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "audit-forwarder",
+    version,
+    about = "Forwards Kubernetes audit logs over the Fluent Forward protocol, without loss"
+)]
+pub struct Cli {
+    /// Log filter (e.g. `info`, `debug`); overrides `log_level`.
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
+    /// Log format; overrides `log_format`.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Tail the audit log and forward it (the kube-apiserver sidecar).
+    Forward(ForwardArgs),
+    /// Accept Forward connections and write each event as a JSON line (in the cluster).
+    Receive(ReceiveArgs),
+    /// Validate a configuration and exit (non-zero on any problem).
+    Check(ConfigArgs),
+    /// Show the whole relay working on loopback with generated events.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct ConfigArgs {
+    /// TOML configuration file.
+    #[arg(long, short = 'c', env = "AUDIT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Set any key, e.g. `--set tail.max_line_bytes=1048576` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ForwardArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Read to the end of the current files, wait for every ack, exit 0.
+    #[arg(long)]
+    pub oneshot: bool,
+    /// The audit log to follow (`tail.path`).
+    #[arg(long, visible_alias = "audit-log-path", value_name = "PATH")]
+    pub path: Option<PathBuf>,
+    /// Directory for checkpoints (`state_dir`).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Forward server host of the first output (`output.host`).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Forward server port of the first output (`output.port`).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Forward tag of the first output (`output.tag`).
+    #[arg(long)]
+    pub tag: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReceiveArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Address to listen on (`receive.listen`), e.g. 0.0.0.0:24224.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// `stdout`, `null`, or a file to append to (`receive.output`).
+    #[arg(long)]
+    pub output: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// How many events to generate.
+    #[arg(long, default_value_t = 2000)]
+    pub events: usize,
+    /// How many received events to print in full.
+    #[arg(long, default_value_t = 3)]
+    pub show: usize,
+}
+
+fn quote(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+impl ForwardArgs {
+    /// The `--set` list with the convenience flags appended (they win).
+    pub fn sets(&self) -> Vec<String> {
+        let mut v = self.config.set.clone();
+        if let Some(p) = &self.path {
+            v.push(format!("tail.path={}", quote(&p.to_string_lossy())));
+        }
+        if let Some(p) = &self.state_dir {
+            v.push(format!("state_dir={}", quote(&p.to_string_lossy())));
+        }
+        if let Some(h) = &self.host {
+            v.push(format!("output.host={}", quote(h)));
+        }
+        if let Some(p) = self.port {
+            v.push(format!("output.port={p}"));
+        }
+        if let Some(t) = &self.tag {
+            v.push(format!("output.tag={}", quote(t)));
+        }
+        v
+    }
+}
+
+impl ReceiveArgs {
+    pub fn sets(&self) -> Vec<String> {
+        let mut v = self.config.set.clone();
+        if let Some(l) = &self.listen {
+            v.push(format!("receive.listen={}", quote(l)));
+        }
+        if let Some(o) = &self.output {
+            v.push(format!("receive.output={}", quote(o)));
+        }
+        v
+    }
+}

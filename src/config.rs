@@ -1,0 +1,389 @@
+//! Configuration: one TOML file, overridden by `AUDIT_*` environment
+//! variables, overridden by command-line flags.
+//!
+//! Every setting has a key path (`tail.path`, `receive.listen`, ...). The
+//! environment variable of a key is `AUDIT_` plus the path in upper case with
+//! `__` between sections (`AUDIT_TAIL__MAX_LINE_BYTES`); any key can also be
+//! set with `--set tail.max_line_bytes=1048576`. Settings of the first (or
+//! only) output can be given under the key `output` (`AUDIT_OUTPUT__HOST`,
+//! `--set output.port=24225`); they are merged into `outputs[0]`.
+
+use crate::logging::LogFormat;
+use crate::source::tail::StartAt;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::{Dict, Value};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Log filter, e.g. `info` or `audit_forwarder=debug`.
+    pub log_level: String,
+    pub log_format: LogFormat,
+    /// Where checkpoints are kept (one file per output).
+    pub state_dir: PathBuf,
+    /// On SIGTERM, how long to wait for outstanding acks.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    pub tail: TailSection,
+    pub outputs: Vec<OutputSection>,
+    /// Shorthand for settings of `outputs[0]` (env and flags use it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<OutputSection>,
+    pub receive: ReceiveSection,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            log_level: "info".into(),
+            log_format: LogFormat::Text,
+            state_dir: "/var/lib/audit-forwarder".into(),
+            shutdown_timeout: Duration::from_secs(10),
+            tail: TailSection::default(),
+            outputs: Vec::new(),
+            output: None,
+            receive: ReceiveSection::default(),
+        }
+    }
+}
+
+/// What to do with a line that is not a valid JSON object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnInvalid {
+    /// Send `{"log": <line>, "error": <reason>}` instead.
+    ForwardRaw,
+    /// Count it and move on.
+    Drop,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TailSection {
+    /// The live audit log (`--audit-log-path` of kube-apiserver).
+    pub path: PathBuf,
+    pub max_line_bytes: usize,
+    pub on_invalid: OnInvalid,
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    pub read_buffer_bytes: usize,
+    /// First start without a checkpoint: `beginning` or `end` of the live file.
+    pub start_at: StartAt,
+}
+
+impl Default for TailSection {
+    fn default() -> Self {
+        TailSection {
+            path: "/var/log/audit/audit.log".into(),
+            max_line_bytes: 16 << 20,
+            on_invalid: OnInvalid::ForwardRaw,
+            poll_interval: Duration::from_millis(250),
+            read_buffer_bytes: 256 << 10,
+            start_at: StartAt::Beginning,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputSection {
+    /// Names the output in metrics, logs and its checkpoint file.
+    pub name: String,
+    /// Forward tag of every event.
+    pub tag: String,
+    pub host: String,
+    pub port: u16,
+    /// Ask for and wait for acks (at-least-once). Without acks a chunk counts
+    /// as delivered once written to the socket.
+    pub require_ack: bool,
+    #[serde(with = "humantime_serde")]
+    pub ack_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// CompressedPackedForward with gzip.
+    pub gzip: bool,
+    pub gzip_level: u32,
+    pub max_batch_events: usize,
+    /// Uncompressed bytes per chunk (fluent-bit accepts at most ~6 MB).
+    pub max_batch_bytes: usize,
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Chunks sent and not yet acked.
+    pub max_in_flight: usize,
+    /// Sealed chunks waiting for a send slot.
+    pub max_pending_chunks: usize,
+    #[serde(with = "humantime_serde")]
+    pub retry_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for OutputSection {
+    fn default() -> Self {
+        OutputSection {
+            name: "default".into(),
+            tag: "audit".into(),
+            host: "127.0.0.1".into(),
+            port: 24224,
+            require_ack: true,
+            ack_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            gzip: false,
+            gzip_level: 1,
+            max_batch_events: 2000,
+            max_batch_bytes: 1 << 20,
+            flush_interval: Duration::from_millis(100),
+            max_in_flight: 4,
+            max_pending_chunks: 2,
+            retry_min: Duration::from_millis(200),
+            retry_max: Duration::from_secs(10),
+            checkpoint_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl OutputSection {
+    /// Upper bound of bytes this output holds between reader and wire,
+    /// not counting a single event larger than a batch.
+    pub fn buffer_bound(&self) -> usize {
+        (self.max_in_flight + self.max_pending_chunks + 1) * self.max_batch_bytes
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReceiveSection {
+    /// `host:port` to listen on.
+    pub listen: String,
+    /// `stdout`, `null` (discard), or a file path to append to.
+    pub output: String,
+    pub max_frame_bytes: usize,
+    pub max_decompressed_bytes: usize,
+    pub max_connections: usize,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// How many recent chunk ids are remembered to drop resent duplicates.
+    pub dedupe_window: usize,
+}
+
+impl Default for ReceiveSection {
+    fn default() -> Self {
+        ReceiveSection {
+            listen: "127.0.0.1:24224".into(),
+            output: "stdout".into(),
+            max_frame_bytes: 16 << 20,
+            max_decompressed_bytes: 64 << 20,
+            max_connections: 1024,
+            idle_timeout: Duration::from_secs(600),
+            dedupe_window: 4096,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0}: not found")]
+    Missing(PathBuf),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("--set {0:?}: expected KEY=VALUE")]
+    BadSet(String),
+}
+
+/// Loads the configuration: file, then `AUDIT_*` env, then `sets`
+/// (`key.path=value`, value parsed as TOML, else taken as a string).
+pub fn load(file: Option<&Path>, sets: &[String]) -> Result<Config, ConfigError> {
+    let mut fig = Figment::new();
+    if let Some(p) = file {
+        if !p.is_file() {
+            return Err(ConfigError::Missing(p.to_path_buf()));
+        }
+        fig = fig.merge(Toml::file_exact(p));
+    }
+    fig = fig.merge(Env::prefixed("AUDIT_").split("__"));
+    for s in sets {
+        let (k, v) = s
+            .split_once('=')
+            .ok_or_else(|| ConfigError::BadSet(s.clone()))?;
+        let v: Value = toml::from_str::<toml::Table>(&format!("v = {v}"))
+            .ok()
+            .and_then(|t| t.get("v").cloned())
+            .and_then(|v| Value::serialize(v).ok())
+            .unwrap_or_else(|| Value::from(v.to_string()));
+        fig = fig.merge(Serialized::default(k.trim(), v));
+    }
+    // First pass: validates keys and types with the file/env provenance.
+    let _: Config = fig.extract().map_err(explain)?;
+    // Second pass: fold the `output` shorthand into outputs[0].
+    let mut dict: Dict = fig.extract().map_err(explain)?;
+    if let Some(Value::Dict(_, over)) = dict.remove("output") {
+        let outputs = dict
+            .entry("outputs".to_string())
+            .or_insert_with(|| Value::from(Vec::<Value>::new()));
+        if let Value::Array(_, list) = outputs {
+            if list.is_empty() {
+                list.push(Value::from(Dict::new()));
+            }
+            if let Some(Value::Dict(_, first)) = list.first_mut() {
+                for (k, v) in over {
+                    first.insert(k, v);
+                }
+            }
+        }
+    }
+    let mut cfg: Config = Figment::from(Serialized::defaults(dict))
+        .extract()
+        .map_err(explain)?;
+    if cfg.outputs.is_empty() {
+        cfg.outputs.push(OutputSection::default());
+    }
+    validate(&cfg)?;
+    Ok(cfg)
+}
+
+fn explain(e: figment::Error) -> ConfigError {
+    let msgs: Vec<String> = e
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let src = e
+                .metadata
+                .as_ref()
+                .and_then(|m| m.source.as_ref().map(|s| format!(" (from {s})")))
+                .unwrap_or_default();
+            if key.is_empty() {
+                format!("{}{src}", e.kind)
+            } else {
+                format!("{key}: {}{src}", e.kind)
+            }
+        })
+        .collect();
+    ConfigError::Invalid(msgs.join("; "))
+}
+
+/// Checks that cannot be expressed in types.
+pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
+    let mut errs = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    for (i, o) in cfg.outputs.iter().enumerate() {
+        if o.name.is_empty()
+            || !o
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            errs.push(format!(
+                "outputs[{i}].name: {:?} must be non-empty [A-Za-z0-9_-]",
+                o.name
+            ));
+        }
+        if !names.insert(o.name.clone()) {
+            errs.push(format!("outputs[{i}].name: {:?} is used twice", o.name));
+        }
+        if o.port == 0 {
+            errs.push(format!("outputs[{i}].port: must not be 0"));
+        }
+        if o.max_in_flight == 0
+            || o.max_pending_chunks == 0
+            || o.max_batch_events == 0
+            || o.max_batch_bytes == 0
+        {
+            errs.push(format!(
+                "outputs[{i}]: max_in_flight, max_pending_chunks, max_batch_events and max_batch_bytes must be > 0"
+            ));
+        }
+        if o.gzip_level > 9 {
+            errs.push(format!(
+                "outputs[{i}].gzip_level: {} is not in 0..=9",
+                o.gzip_level
+            ));
+        }
+        if o.tag.is_empty() {
+            errs.push(format!("outputs[{i}].tag: must not be empty"));
+        }
+    }
+    if cfg.tail.max_line_bytes == 0 {
+        errs.push("tail.max_line_bytes: must be > 0".into());
+    }
+    if cfg.receive.max_frame_bytes < 1024 {
+        errs.push("receive.max_frame_bytes: must be at least 1024".into());
+    }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid(errs.join("; ")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_file(text: &str, sets: &[&str]) -> Result<Config, ConfigError> {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.toml");
+        std::fs::write(&p, text).unwrap();
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        load(Some(&p), &sets)
+    }
+
+    #[test]
+    fn defaults_and_file_values() {
+        let c = with_file("[tail]\npath = \"/x/audit.log\"\n[[outputs]]\nname = \"a\"\nport = 1\nack_timeout = \"2s\"\n", &[]).unwrap();
+        assert_eq!(c.tail.path, PathBuf::from("/x/audit.log"));
+        assert_eq!(c.outputs.len(), 1);
+        assert_eq!(c.outputs[0].ack_timeout, Duration::from_secs(2));
+        assert_eq!(c.outputs[0].tag, "audit");
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_its_path() {
+        let e = with_file("[tail]\npaht = \"/x\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tail") && e.contains("paht"), "{e}");
+        let e = with_file("[[outputs]]\nhostt = \"x\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hostt"), "{e}");
+    }
+
+    #[test]
+    fn flags_override_file_and_output_shorthand_merges() {
+        let c = with_file(
+            "[[outputs]]\nname = \"a\"\nport = 1\n[[outputs]]\nname = \"b\"\n",
+            &["output.port=2", "tail.max_line_bytes=100", "output.host=h"],
+        )
+        .unwrap();
+        assert_eq!(c.outputs[0].port, 2);
+        assert_eq!(c.outputs[0].name, "a");
+        assert_eq!(c.outputs[0].host, "h");
+        assert_eq!(c.outputs[1].name, "b");
+        assert_eq!(c.tail.max_line_bytes, 100);
+    }
+
+    #[test]
+    fn invalid_values_are_reported() {
+        let e = with_file("[[outputs]]\nname = \"a b\"\nport = 0\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("outputs[0].name") && e.contains("outputs[0].port"),
+            "{e}"
+        );
+        let e = with_file("[tail]\nmax_line_bytes = \"big\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_line_bytes"), "{e}");
+        assert!(matches!(
+            load(Some(Path::new("/nonexistent.toml")), &[]),
+            Err(ConfigError::Missing(_))
+        ));
+    }
+}

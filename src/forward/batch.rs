@@ -1,0 +1,245 @@
+//! Batches encoded records into PackedForward messages (spec §PackedForward
+//! Mode, §CompressedPackedForward Mode), built in place: the entries are
+//! appended straight after a bin32 header that is patched when the batch is
+//! sealed, so a record is copied once on its way to the wire.
+
+use super::protocol::{EventTime, write_str};
+use crate::source::{FileInfo, Position};
+use base64::Engine;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// One message ready for the wire, or (empty `payload`) a position marker for
+/// lines that were all dropped, so the checkpoint still moves past them.
+#[derive(Debug)]
+pub struct Chunk {
+    pub seq: u64,
+    /// The `chunk` option value (spec §Option), sent as msgpack str.
+    pub id: String,
+    pub payload: Vec<u8>,
+    pub events: u64,
+    /// Position after the last line this chunk accounts for.
+    pub end: Position,
+}
+
+#[derive(Debug, Clone)]
+pub struct BatchConfig {
+    pub tag: String,
+    pub max_events: usize,
+    pub max_bytes: usize,
+    pub flush_interval: Duration,
+    /// gzip level for CompressedPackedForward, `None` for plain PackedForward.
+    pub gzip: Option<u32>,
+}
+
+/// Builds one chunk at a time.
+#[derive(Debug)]
+pub struct Batcher {
+    cfg: BatchConfig,
+    buf: Vec<u8>,
+    entries_start: usize,
+    events: u64,
+    first_at: Option<Instant>,
+    end: Option<(Arc<FileInfo>, u64)>,
+    seq: u64,
+    last_size: usize,
+}
+
+impl Batcher {
+    pub fn new(cfg: BatchConfig) -> Self {
+        let mut b = Batcher {
+            cfg,
+            buf: Vec::new(),
+            entries_start: 0,
+            events: 0,
+            first_at: None,
+            end: None,
+            seq: 0,
+            last_size: 64 * 1024,
+        };
+        b.reset();
+        b
+    }
+
+    fn reset(&mut self) {
+        self.buf = Vec::with_capacity(self.last_size.min(self.cfg.max_bytes) + 1024);
+        // [tag, bin32(entries), option]
+        self.buf.push(0x93);
+        write_str(&mut self.buf, self.cfg.tag.as_bytes());
+        self.buf.extend_from_slice(&[0xc6, 0, 0, 0, 0]);
+        self.entries_start = self.buf.len();
+        self.events = 0;
+        self.first_at = None;
+    }
+
+    /// Appends one entry `[time, record]` (spec §Entry).
+    pub fn push(&mut self, time: EventTime, record: &[u8]) {
+        if self.first_at.is_none() {
+            self.first_at = Some(Instant::now());
+        }
+        self.buf.push(0x92);
+        time.write(&mut self.buf);
+        self.buf.extend_from_slice(record);
+        self.events += 1;
+    }
+
+    /// Notes that the log has been consumed up to `end` in `file`.
+    pub fn advance(&mut self, file: &Arc<FileInfo>, end: u64) {
+        match &mut self.end {
+            Some((f, e)) if Arc::ptr_eq(f, file) => *e = end,
+            slot => *slot = Some((file.clone(), end)),
+        }
+        if self.first_at.is_none() {
+            self.first_at = Some(Instant::now());
+        }
+    }
+
+    /// Full, or the oldest entry has waited `flush_interval`.
+    pub fn should_flush(&self) -> bool {
+        self.events as usize >= self.cfg.max_events
+            || self.buf.len() - self.entries_start >= self.cfg.max_bytes
+            || self
+                .first_at
+                .is_some_and(|t| t.elapsed() >= self.cfg.flush_interval)
+    }
+
+    /// Anything (events or a position) to hand on?
+    pub fn is_dirty(&self) -> bool {
+        self.end.is_some()
+    }
+
+    /// Seals the batch into a chunk.
+    pub fn take(&mut self) -> Option<Chunk> {
+        let (file, offset) = self.end.take()?;
+        self.seq += 1;
+        let end = Position { file, offset };
+        if self.events == 0 {
+            self.first_at = None;
+            return Some(Chunk {
+                seq: self.seq,
+                id: String::new(),
+                payload: Vec::new(),
+                events: 0,
+                end,
+            });
+        }
+        let id = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
+        let mut msg = std::mem::take(&mut self.buf);
+        if let Some(level) = self.cfg.gzip {
+            let mut z = Vec::with_capacity((msg.len() - self.entries_start) / 4 + 64);
+            z.extend_from_slice(&msg[..self.entries_start]);
+            let mut enc = flate2::write::GzEncoder::new(z, flate2::Compression::new(level));
+            // Writing into a Vec cannot fail.
+            let _ = enc.write_all(&msg[self.entries_start..]);
+            msg = enc.finish().unwrap_or_default();
+        }
+        let len = (msg.len() - self.entries_start) as u32;
+        msg[self.entries_start - 4..self.entries_start].copy_from_slice(&len.to_be_bytes());
+        let n_opts = if self.cfg.gzip.is_some() { 3 } else { 2 };
+        let _ = rmp::encode::write_map_len(&mut msg, n_opts);
+        write_str(&mut msg, b"size");
+        let _ = rmp::encode::write_uint(&mut msg, self.events);
+        write_str(&mut msg, b"chunk");
+        write_str(&mut msg, id.as_bytes());
+        if self.cfg.gzip.is_some() {
+            write_str(&mut msg, b"compressed");
+            write_str(&mut msg, b"gzip");
+        }
+        let events = self.events;
+        self.last_size = msg.len();
+        self.reset();
+        Some(Chunk {
+            seq: self.seq,
+            id,
+            payload: msg,
+            events,
+            end,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forward::protocol::Options;
+    use crate::forward::protocol::reader::MsgReader;
+    use std::io::Read;
+
+    fn batcher(gzip: Option<u32>) -> Batcher {
+        Batcher::new(BatchConfig {
+            tag: "audit".into(),
+            max_events: 3,
+            max_bytes: 1 << 20,
+            flush_interval: Duration::from_secs(3600),
+            gzip,
+        })
+    }
+
+    fn entries(chunk: &Chunk) -> (Vec<u8>, u64) {
+        let mut r = MsgReader::new(&chunk.payload);
+        assert_eq!(r.read_array_len().unwrap(), 3);
+        assert_eq!(r.read_str_bytes().unwrap(), b"audit");
+        assert_eq!(r.peek_marker().unwrap(), rmp::Marker::Bin32);
+        let mut e = r.read_str_bytes().unwrap().to_vec();
+        let o = Options::read(&mut r).unwrap();
+        assert!(r.is_empty());
+        assert_eq!(o.chunk.unwrap(), chunk.id.as_bytes());
+        if o.compressed == Some(b"gzip") {
+            let mut d = Vec::new();
+            flate2::read::MultiGzDecoder::new(&e[..])
+                .read_to_end(&mut d)
+                .unwrap();
+            e = d;
+        }
+        (e, o.size.unwrap())
+    }
+
+    #[test]
+    fn packed_forward_layout_plain_and_gzip() {
+        for gz in [None, Some(1)] {
+            let mut b = batcher(gz);
+            let f = Arc::new(FileInfo::new("a".into(), 1, 1, false));
+            let t = EventTime { secs: 1, nanos: 2 };
+            b.push(t, b"\x81\xa1k\x01");
+            b.advance(&f, 10);
+            b.push(t, b"\x80");
+            b.advance(&f, 20);
+            assert!(!b.should_flush());
+            let c = b.take().unwrap();
+            assert_eq!(c.events, 2);
+            assert_eq!(c.end.offset, 20);
+            let (e, size) = entries(&c);
+            assert_eq!(size, 2);
+            let mut want = vec![0x92];
+            t.write(&mut want);
+            want.extend_from_slice(b"\x81\xa1k\x01\x92");
+            t.write(&mut want);
+            want.push(0x80);
+            assert_eq!(e, want);
+            assert!(b.take().is_none());
+        }
+    }
+
+    #[test]
+    fn dropped_lines_still_move_the_position() {
+        let mut b = batcher(None);
+        let f = Arc::new(FileInfo::new("a".into(), 1, 1, false));
+        b.advance(&f, 99);
+        let c = b.take().unwrap();
+        assert!(c.payload.is_empty());
+        assert_eq!(c.end.offset, 99);
+    }
+
+    #[test]
+    fn chunk_ids_are_unique_str() {
+        let mut b = batcher(None);
+        let f = Arc::new(FileInfo::new("a".into(), 1, 1, false));
+        let mut ids = std::collections::HashSet::new();
+        for i in 0..100 {
+            b.push(EventTime::default(), b"\x80");
+            b.advance(&f, i);
+            assert!(ids.insert(b.take().unwrap().id));
+        }
+    }
+}

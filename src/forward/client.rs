@@ -1,0 +1,365 @@
+//! The Forward client: one connection per output, several chunks in flight,
+//! acks matched by chunk id (spec §Response), reconnect with exponential
+//! backoff and jitter, unacknowledged chunks resent with the same chunk id.
+//!
+//! Publishes the *watermark*: the end position of the longest prefix of
+//! chunks that were acknowledged (or carried no events). Only that position
+//! may be checkpointed (DESIGN.md invariant 1).
+
+use super::batch::Chunk;
+use super::protocol::decode_ack;
+use super::protocol::frame::{self, Frame};
+use crate::logging::RateLimit;
+use crate::metrics::OutputMetrics;
+use crate::source::Position;
+use crate::transport::{self, ConnectError, Stream};
+use std::collections::VecDeque;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub host: String,
+    pub port: u16,
+    pub connect_timeout: Duration,
+    pub ack_timeout: Duration,
+    pub require_ack: bool,
+    pub max_in_flight: usize,
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+}
+
+impl ClientConfig {
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("connection closed by the server")]
+    Closed,
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("no ack within {0:?}")]
+    AckTimeout(Duration),
+    #[error("writing a chunk timed out after {0:?}")]
+    WriteTimeout(Duration),
+    #[error("invalid response from the server: {0}")]
+    Protocol(String),
+}
+
+impl SessionError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SessionError::Connect(e) => e.reason(),
+            SessionError::Closed => "closed",
+            SessionError::Io(_) => "io",
+            SessionError::AckTimeout(_) => "ack_timeout",
+            SessionError::WriteTimeout(_) => "write_timeout",
+            SessionError::Protocol(_) => "protocol",
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum State {
+    Unsent,
+    Sent(Instant),
+    Acked,
+}
+
+struct Slot {
+    chunk: Chunk,
+    state: State,
+}
+
+/// Exponential backoff with full jitter.
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    cur: Duration,
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let d = self.cur;
+        self.cur = (self.cur * 2).min(self.max);
+        let jitter = rand::random::<f64>();
+        self.min.max(d.mul_f64(0.5 + jitter / 2.0))
+    }
+    fn reset(&mut self) {
+        self.cur = self.min;
+    }
+}
+
+pub struct Client {
+    cfg: ClientConfig,
+    m: OutputMetrics,
+    rx: mpsc::Receiver<Chunk>,
+    input_closed: bool,
+    queue: VecDeque<Slot>,
+    watermark: watch::Sender<Option<Position>>,
+    shutdown: watch::Receiver<bool>,
+    connected: watch::Sender<bool>,
+    warn: RateLimit,
+}
+
+/// How the client ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientEnd {
+    /// Input closed and everything acknowledged.
+    Drained,
+    /// Shutdown requested; `unacked` chunks were still outstanding.
+    Shutdown { unacked: usize },
+}
+
+impl Client {
+    pub fn new(
+        cfg: ClientConfig,
+        m: OutputMetrics,
+        rx: mpsc::Receiver<Chunk>,
+        watermark: watch::Sender<Option<Position>>,
+        shutdown: watch::Receiver<bool>,
+        connected: watch::Sender<bool>,
+    ) -> Self {
+        Client {
+            cfg,
+            m,
+            rx,
+            input_closed: false,
+            queue: VecDeque::new(),
+            watermark,
+            shutdown,
+            connected,
+            warn: RateLimit::default(),
+        }
+    }
+
+    fn shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    fn unacked(&self) -> usize {
+        self.queue
+            .iter()
+            .filter(|s| s.state != State::Acked)
+            .count()
+    }
+
+    /// Runs until the input is closed and drained, or shutdown.
+    pub async fn run(mut self) -> ClientEnd {
+        let mut backoff = Backoff {
+            min: self.cfg.retry_min,
+            max: self.cfg.retry_max,
+            cur: self.cfg.retry_min,
+        };
+        loop {
+            if self.input_closed && self.queue.is_empty() {
+                return ClientEnd::Drained;
+            }
+            if self.shutting_down() {
+                return ClientEnd::Shutdown {
+                    unacked: self.unacked(),
+                };
+            }
+            let r = self.session(&mut backoff).await;
+            let _ = self.connected.send(false);
+            match r {
+                Ok(()) => continue,
+                Err(e) => {
+                    match &e {
+                        SessionError::Connect(_) => self.m.connect_error(e.reason()),
+                        _ => self.m.reconnect(e.reason()),
+                    }
+                    let wait = backoff.next();
+                    if let Some(n) = self.warn.allow() {
+                        warn!(server = %self.cfg.addr(), error = %e, retry_in_ms = wait.as_millis() as u64,
+                            unacked_chunks = self.unacked(), suppressed = n, "forward connection failed; will retry");
+                    }
+                    let mut sd = self.shutdown.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = crate::stopped(&mut sd) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Stream, SessionError> {
+        let s = transport::tcp::connect(&self.cfg.host, self.cfg.port, self.cfg.connect_timeout)
+            .await?;
+        Ok(Box::new(s))
+    }
+
+    /// One connection's life. `Ok` when there is nothing left to do.
+    async fn session(&mut self, backoff: &mut Backoff) -> Result<(), SessionError> {
+        let mut sd = self.shutdown.clone();
+        let stream = tokio::select! {
+            s = self.connect() => s?,
+            _ = crate::stopped(&mut sd) => return Ok(()),
+        };
+        debug!(server = %self.cfg.addr(), "connected");
+        let _ = self.connected.send(true);
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        // Everything not acknowledged goes again, in order, same chunk ids.
+        let mut resent = 0;
+        for i in 0..self.queue.len() {
+            if self.queue[i].state != State::Acked && !self.queue[i].chunk.payload.is_empty() {
+                resent += 1;
+                self.m.chunks_resent.inc();
+                self.write(&mut wr, i).await?;
+            }
+        }
+        if resent > 0 {
+            info!(server = %self.cfg.addr(), chunks = resent, "reconnected; resent unacknowledged chunks");
+        }
+        let mut rbuf: Vec<u8> = Vec::with_capacity(4096);
+        loop {
+            if self.input_closed && self.queue.is_empty() {
+                let _ = wr.flush().await;
+                return Ok(());
+            }
+            if self.shutting_down() {
+                if !self.input_closed {
+                    // Stop taking new chunks; wait for acks of those in flight.
+                    self.rx.close();
+                    self.input_closed = true;
+                    while let Ok(c) = self.rx.try_recv() {
+                        drop(c);
+                    }
+                    self.queue.retain(|s| s.state != State::Unsent);
+                }
+                if self.unacked() == 0 {
+                    return Ok(());
+                }
+            }
+            let in_flight = self
+                .queue
+                .iter()
+                .filter(|s| matches!(s.state, State::Sent(_)))
+                .count();
+            self.m.chunks_in_flight.set(in_flight as i64);
+            let deadline = self.queue.iter().find_map(|s| match s.state {
+                State::Sent(d) => Some(d),
+                _ => None,
+            });
+            let can_take = !self.input_closed && in_flight < self.cfg.max_in_flight;
+            tokio::select! {
+                biased;
+                _ = crate::stopped(&mut sd), if !self.input_closed => {}
+                n = rd.read_buf(&mut rbuf) => {
+                    if n? == 0 {
+                        return Err(SessionError::Closed);
+                    }
+                    self.read_acks(&mut rbuf)?;
+                    backoff.reset();
+                }
+                c = self.rx.recv(), if can_take => match c {
+                    None => self.input_closed = true,
+                    Some(c) => {
+                        let empty = c.payload.is_empty();
+                        self.queue.push_back(Slot { chunk: c, state: if empty { State::Acked } else { State::Unsent } });
+                        if empty {
+                            self.advance();
+                        } else {
+                            let i = self.queue.len() - 1;
+                            self.m.chunks_sent.inc();
+                            self.m.events_sent.inc_by(self.queue[i].chunk.events);
+                            self.write(&mut wr, i).await?;
+                        }
+                    }
+                },
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    return Err(SessionError::AckTimeout(self.cfg.ack_timeout));
+                }
+            }
+        }
+    }
+
+    async fn write<W: AsyncWriteExt + Unpin>(
+        &mut self,
+        wr: &mut W,
+        i: usize,
+    ) -> Result<(), SessionError> {
+        let t = self.cfg.ack_timeout;
+        let payload = &self.queue[i].chunk.payload;
+        match tokio::time::timeout(t, wr.write_all(payload)).await {
+            Err(_) => return Err(SessionError::WriteTimeout(t)),
+            Ok(r) => r?,
+        }
+        self.m.bytes_sent.inc_by(payload.len() as u64);
+        if self.cfg.require_ack {
+            self.queue[i].state = State::Sent(Instant::now() + t);
+        } else {
+            self.queue[i].state = State::Acked;
+            self.m.events_acked.inc_by(self.queue[i].chunk.events);
+            self.advance();
+        }
+        Ok(())
+    }
+
+    /// Parses every complete response in `buf` (spec §Response).
+    fn read_acks(&mut self, buf: &mut Vec<u8>) -> Result<(), SessionError> {
+        let mut used = 0;
+        loop {
+            match frame::measure(&buf[used..], 64 * 1024) {
+                Ok(Frame::Complete(n)) => {
+                    let f = &buf[used..used + n];
+                    match decode_ack(f) {
+                        Ok(Some(id)) => {
+                            let id = id.to_vec();
+                            self.on_ack(&id);
+                        }
+                        Ok(None) => debug!("response without ack ignored"),
+                        Err(e) => return Err(SessionError::Protocol(e.to_string())),
+                    }
+                    used += n;
+                }
+                Ok(Frame::Incomplete(_)) => break,
+                Err(e) => return Err(SessionError::Protocol(e.to_string())),
+            }
+        }
+        buf.drain(..used);
+        Ok(())
+    }
+
+    fn on_ack(&mut self, id: &[u8]) {
+        let slot = self
+            .queue
+            .iter_mut()
+            .find(|s| matches!(s.state, State::Sent(_)) && s.chunk.id.as_bytes() == id);
+        match slot {
+            Some(s) => {
+                s.state = State::Acked;
+                self.m.chunks_acked.inc();
+                self.m.events_acked.inc_by(s.chunk.events);
+            }
+            None => {
+                debug!(chunk = %String::from_utf8_lossy(id), "ack for an unknown chunk ignored")
+            }
+        }
+        self.advance();
+    }
+
+    /// Pops the acknowledged prefix and publishes its end as the watermark.
+    fn advance(&mut self) {
+        let mut moved = None;
+        while self.queue.front().is_some_and(|s| s.state == State::Acked) {
+            if let Some(s) = self.queue.pop_front() {
+                self.m.buffered_bytes.dec_by(s.chunk.payload.len() as i64);
+                moved = Some(s.chunk.end);
+            }
+        }
+        if let Some(p) = moved {
+            let _ = self.watermark.send(Some(p));
+        }
+    }
+}

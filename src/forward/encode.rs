@@ -1,0 +1,577 @@
+//! The encoder stage: one audit event JSON line → one msgpack record, in a
+//! single pass with no intermediate DOM (DESIGN.md "decode once").
+//!
+//! While transcoding it borrows the few fields that policy and filters need
+//! (verb, user, objectRef, stage, level, requestURI, stageTimestamp, auditID)
+//! and records where each top-level entry landed in the output, so a decision
+//! (drop `requestObject`, rewrite `level`) can be applied by splicing bytes.
+//!
+//! JSON grammar: RFC 8259. msgpack formats: the msgpack spec.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+/// Deepest nesting accepted; deeper input is rejected rather than risking
+/// the stack.
+pub const MAX_DEPTH: usize = 128;
+
+/// Why a line is not a JSON object we can forward.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JsonError {
+    #[error("invalid JSON at byte {offset}: {what}")]
+    Syntax { offset: usize, what: &'static str },
+    #[error("invalid UTF-8 in a string at byte {offset}")]
+    Utf8 { offset: usize },
+    #[error("JSON value is not an object")]
+    NotObject,
+    #[error("JSON nested deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+}
+
+impl JsonError {
+    /// A short label for metrics and the `error` field of raw records.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            JsonError::Syntax { .. } => "invalid_json",
+            JsonError::Utf8 { .. } => "invalid_utf8",
+            JsonError::NotObject => "not_an_object",
+            JsonError::TooDeep => "too_deep",
+        }
+    }
+}
+
+/// Top-level keys the decision stage may need to touch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopKey {
+    Level,
+    RequestObject,
+    ResponseObject,
+    Other,
+}
+
+/// Where one top-level entry (key and value) sits in the encoded record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopEntry {
+    pub key: TopKey,
+    /// Bytes of the key and the value.
+    pub span: Range<usize>,
+    /// Bytes of the value alone.
+    pub value: Range<usize>,
+}
+
+/// `objectRef` fields of a resource request.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ObjectRef<'a> {
+    pub api_group: Cow<'a, str>,
+    pub resource: Cow<'a, str>,
+    pub subresource: Cow<'a, str>,
+    pub namespace: Cow<'a, str>,
+    pub name: Cow<'a, str>,
+}
+
+/// Fields of an audit event borrowed while encoding it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Fields<'a> {
+    pub audit_id: Option<Cow<'a, str>>,
+    pub verb: Option<Cow<'a, str>>,
+    pub stage: Option<Cow<'a, str>>,
+    pub level: Option<Cow<'a, str>>,
+    pub request_uri: Option<Cow<'a, str>>,
+    pub stage_timestamp: Option<Cow<'a, str>>,
+    /// `user.username`; `None` when there is no user or it is empty.
+    pub username: Option<Cow<'a, str>>,
+    pub groups: Vec<Cow<'a, str>>,
+    /// Present iff the event has `objectRef` (a resource request).
+    pub object_ref: Option<ObjectRef<'a>>,
+}
+
+/// Reusable JSON → msgpack transcoder.
+#[derive(Debug, Default)]
+pub struct Transcoder {
+    /// Top-level entries of the last encoded record.
+    pub top: Vec<TopEntry>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ctx {
+    Top,
+    User,
+    ObjectRef,
+    Plain,
+}
+
+#[derive(Clone, Copy)]
+enum Slot {
+    None,
+    AuditId,
+    Verb,
+    Stage,
+    Level,
+    RequestUri,
+    StageTimestamp,
+    Username,
+    Groups,
+    User,
+    ObjectRef,
+    ApiGroup,
+    Resource,
+    Subresource,
+    Namespace,
+    Name,
+}
+
+impl Transcoder {
+    /// Encodes one JSON object (surrounding whitespace allowed) as a msgpack
+    /// map appended to `out`. On error `out` is restored to its prior length.
+    pub fn encode<'a>(
+        &mut self,
+        line: &'a [u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Fields<'a>, JsonError> {
+        let start = out.len();
+        self.top.clear();
+        let mut p = Parser {
+            s: line,
+            i: 0,
+            out,
+            top: &mut self.top,
+        };
+        let mut fields = Fields::default();
+        let r = (|| {
+            p.ws();
+            if p.peek() != Some(b'{') {
+                if p.peek().is_none() {
+                    return Err(p.err("empty line"));
+                }
+                // Validate it as JSON anyway so the reason is accurate.
+                p.value(0, Ctx::Plain, Slot::None, &mut fields)?;
+                p.ws();
+                if p.i != p.s.len() {
+                    return Err(p.err("trailing characters after the value"));
+                }
+                return Err(JsonError::NotObject);
+            }
+            p.object(0, Ctx::Top, &mut fields)?;
+            p.ws();
+            if p.i != p.s.len() {
+                return Err(p.err("trailing characters after the object"));
+            }
+            Ok(())
+        })();
+        match r {
+            Ok(()) => Ok(fields),
+            Err(e) => {
+                out.truncate(start);
+                self.top.clear();
+                Err(e)
+            }
+        }
+    }
+}
+
+struct Parser<'a, 'o> {
+    s: &'a [u8],
+    i: usize,
+    out: &'o mut Vec<u8>,
+    top: &'o mut Vec<TopEntry>,
+}
+
+impl<'a> Parser<'a, '_> {
+    fn err(&self, what: &'static str) -> JsonError {
+        JsonError::Syntax {
+            offset: self.i,
+            what,
+        }
+    }
+
+    #[inline]
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.i).copied()
+    }
+
+    #[inline]
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+            self.i += 1;
+        }
+    }
+
+    fn expect(&mut self, c: u8, what: &'static str) -> Result<(), JsonError> {
+        self.ws();
+        if self.peek() == Some(c) {
+            self.i += 1;
+            Ok(())
+        } else {
+            Err(self.err(what))
+        }
+    }
+
+    fn object(&mut self, depth: usize, ctx: Ctx, f: &mut Fields<'a>) -> Result<(), JsonError> {
+        if depth >= MAX_DEPTH {
+            return Err(JsonError::TooDeep);
+        }
+        self.i += 1; // '{'
+        let hdr = self.out.len();
+        self.out.push(0x80);
+        let mut count: u32 = 0;
+        self.ws();
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+            return Ok(());
+        }
+        loop {
+            self.ws();
+            if self.peek() != Some(b'"') {
+                return Err(self.err("expected a string key"));
+            }
+            let entry_start = self.out.len();
+            let key = self.string()?;
+            self.expect(b':', "expected ':' after a key")?;
+            self.ws();
+            let (slot, tk) = slot_for(ctx, &key);
+            let value_start = self.out.len();
+            self.value(depth + 1, ctx, slot, f)?;
+            if ctx == Ctx::Top {
+                self.top.push(TopEntry {
+                    key: tk,
+                    span: entry_start..self.out.len(),
+                    value: value_start..self.out.len(),
+                });
+            }
+            count = count.checked_add(1).ok_or(JsonError::TooDeep)?;
+            self.ws();
+            match self.peek() {
+                Some(b',') => self.i += 1,
+                Some(b'}') => {
+                    self.i += 1;
+                    break;
+                }
+                _ => return Err(self.err("expected ',' or '}' in an object")),
+            }
+        }
+        let grown = finish_container(self.out, hdr, count, true);
+        if ctx == Ctx::Top && grown > 0 {
+            for e in self.top.iter_mut() {
+                e.span = e.span.start + grown..e.span.end + grown;
+                e.value = e.value.start + grown..e.value.end + grown;
+            }
+        }
+        Ok(())
+    }
+
+    fn array(&mut self, depth: usize, slot: Slot, f: &mut Fields<'a>) -> Result<(), JsonError> {
+        if depth >= MAX_DEPTH {
+            return Err(JsonError::TooDeep);
+        }
+        self.i += 1; // '['
+        let hdr = self.out.len();
+        self.out.push(0x90);
+        let mut count: u32 = 0;
+        self.ws();
+        if self.peek() == Some(b']') {
+            self.i += 1;
+            return Ok(());
+        }
+        loop {
+            self.ws();
+            if matches!(slot, Slot::Groups) && self.peek() == Some(b'"') {
+                let g = self.string()?;
+                f.groups.push(g);
+            } else {
+                self.value(depth + 1, Ctx::Plain, Slot::None, f)?;
+            }
+            count = count.checked_add(1).ok_or(JsonError::TooDeep)?;
+            self.ws();
+            match self.peek() {
+                Some(b',') => self.i += 1,
+                Some(b']') => {
+                    self.i += 1;
+                    break;
+                }
+                _ => return Err(self.err("expected ',' or ']' in an array")),
+            }
+        }
+        finish_container(self.out, hdr, count, false);
+        Ok(())
+    }
+
+    fn value(
+        &mut self,
+        depth: usize,
+        ctx: Ctx,
+        slot: Slot,
+        f: &mut Fields<'a>,
+    ) -> Result<(), JsonError> {
+        let _ = ctx;
+        match self.peek() {
+            Some(b'{') => {
+                let inner = match slot {
+                    Slot::User => Ctx::User,
+                    Slot::ObjectRef => {
+                        f.object_ref = Some(ObjectRef::default());
+                        Ctx::ObjectRef
+                    }
+                    _ => Ctx::Plain,
+                };
+                self.object(depth, inner, f)
+            }
+            Some(b'[') => self.array(depth, slot, f),
+            Some(b'"') => {
+                let s = self.string()?;
+                store(f, slot, s);
+                Ok(())
+            }
+            Some(b't') => self.literal(b"true", 0xc3),
+            Some(b'f') => self.literal(b"false", 0xc2),
+            Some(b'n') => self.literal(b"null", 0xc0),
+            Some(b'-' | b'0'..=b'9') => self.number(),
+            Some(_) => Err(self.err("expected a value")),
+            None => Err(self.err("unexpected end of line")),
+        }
+    }
+
+    fn literal(&mut self, word: &'static [u8], marker: u8) -> Result<(), JsonError> {
+        if self.s[self.i..].starts_with(word) {
+            self.i += word.len();
+            self.out.push(marker);
+            Ok(())
+        } else {
+            Err(self.err("invalid literal"))
+        }
+    }
+
+    fn digits(&mut self) -> usize {
+        let st = self.i;
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.i += 1;
+        }
+        self.i - st
+    }
+
+    fn number(&mut self) -> Result<(), JsonError> {
+        let start = self.i;
+        if self.peek() == Some(b'-') {
+            self.i += 1;
+        }
+        match self.peek() {
+            Some(b'0') => self.i += 1,
+            Some(b'1'..=b'9') => {
+                self.digits();
+            }
+            _ => return Err(self.err("invalid number")),
+        }
+        let mut int = true;
+        if self.peek() == Some(b'.') {
+            self.i += 1;
+            int = false;
+            if self.digits() == 0 {
+                return Err(self.err("expected digits after '.'"));
+            }
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.i += 1;
+            int = false;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.i += 1;
+            }
+            if self.digits() == 0 {
+                return Err(self.err("expected exponent digits"));
+            }
+        }
+        // ASCII digits, signs, '.', 'e': always valid UTF-8.
+        let text =
+            std::str::from_utf8(&self.s[start..self.i]).map_err(|_| self.err("invalid number"))?;
+        if int {
+            if let Ok(v) = text.parse::<i64>() {
+                let _ = rmp::encode::write_sint(self.out, v);
+                return Ok(());
+            }
+            if let Ok(v) = text.parse::<u64>() {
+                let _ = rmp::encode::write_uint(self.out, v);
+                return Ok(());
+            }
+        }
+        let v: f64 = text.parse().map_err(|_| self.err("invalid number"))?;
+        let _ = rmp::encode::write_f64(self.out, v);
+        Ok(())
+    }
+
+    /// Reads a string starting at its opening quote, writes it as msgpack str
+    /// and returns it (borrowed when it has no escapes).
+    fn string(&mut self) -> Result<Cow<'a, str>, JsonError> {
+        self.i += 1; // opening quote
+        let start = self.i;
+        let rest = &self.s[start..];
+        let stop =
+            memchr::memchr2(b'"', b'\\', rest).ok_or_else(|| self.err("unterminated string"))?;
+        let seg = &rest[..stop];
+        if seg.iter().any(|&b| b < 0x20) {
+            return Err(self.err("control character in a string"));
+        }
+        let seg = std::str::from_utf8(seg).map_err(|e| JsonError::Utf8 {
+            offset: start + e.valid_up_to(),
+        })?;
+        if rest[stop] == b'"' {
+            self.i = start + stop + 1;
+            super::protocol::write_str(self.out, seg.as_bytes());
+            return Ok(Cow::Borrowed(seg));
+        }
+        // Slow path: the string has escapes.
+        let mut s = String::with_capacity(seg.len() + 16);
+        s.push_str(seg);
+        self.i = start + stop;
+        loop {
+            match self.peek() {
+                Some(b'"') => {
+                    self.i += 1;
+                    break;
+                }
+                Some(b'\\') => {
+                    self.i += 1;
+                    let c = self.peek().ok_or_else(|| self.err("unterminated escape"))?;
+                    self.i += 1;
+                    match c {
+                        b'"' => s.push('"'),
+                        b'\\' => s.push('\\'),
+                        b'/' => s.push('/'),
+                        b'b' => s.push('\u{8}'),
+                        b'f' => s.push('\u{c}'),
+                        b'n' => s.push('\n'),
+                        b'r' => s.push('\r'),
+                        b't' => s.push('\t'),
+                        b'u' => s.push(self.unicode_escape()?),
+                        _ => return Err(self.err("invalid escape")),
+                    }
+                }
+                Some(_) => {
+                    let rest = &self.s[self.i..];
+                    let stop = memchr::memchr2(b'"', b'\\', rest)
+                        .ok_or_else(|| self.err("unterminated string"))?;
+                    let seg = &rest[..stop];
+                    if seg.iter().any(|&b| b < 0x20) {
+                        return Err(self.err("control character in a string"));
+                    }
+                    let seg = std::str::from_utf8(seg).map_err(|e| JsonError::Utf8 {
+                        offset: self.i + e.valid_up_to(),
+                    })?;
+                    s.push_str(seg);
+                    self.i += stop;
+                }
+                None => return Err(self.err("unterminated string")),
+            }
+        }
+        super::protocol::write_str(self.out, s.as_bytes());
+        Ok(Cow::Owned(s))
+    }
+
+    fn hex4(&mut self) -> Result<u32, JsonError> {
+        let h = self
+            .s
+            .get(self.i..self.i + 4)
+            .ok_or_else(|| self.err("short \\u escape"))?;
+        let mut v = 0u32;
+        for &b in h {
+            let d = (b as char)
+                .to_digit(16)
+                .ok_or_else(|| self.err("invalid \\u escape"))?;
+            v = v * 16 + d;
+        }
+        self.i += 4;
+        Ok(v)
+    }
+
+    /// `\uXXXX`, with surrogate pairs; a lone surrogate becomes U+FFFD, as Go's
+    /// decoder does.
+    fn unicode_escape(&mut self) -> Result<char, JsonError> {
+        let hi = self.hex4()?;
+        if (0xD800..0xDC00).contains(&hi) && self.s[self.i..].starts_with(b"\\u") {
+            let save = self.i;
+            self.i += 2;
+            let lo = self.hex4()?;
+            if (0xDC00..0xE000).contains(&lo) {
+                let c = 0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00);
+                return Ok(char::from_u32(c).unwrap_or('\u{FFFD}'));
+            }
+            self.i = save;
+        }
+        Ok(char::from_u32(hi).unwrap_or('\u{FFFD}'))
+    }
+}
+
+fn slot_for(ctx: Ctx, key: &str) -> (Slot, TopKey) {
+    match ctx {
+        Ctx::Top => match key {
+            "auditID" => (Slot::AuditId, TopKey::Other),
+            "verb" => (Slot::Verb, TopKey::Other),
+            "stage" => (Slot::Stage, TopKey::Other),
+            "level" => (Slot::Level, TopKey::Level),
+            "requestURI" => (Slot::RequestUri, TopKey::Other),
+            "stageTimestamp" => (Slot::StageTimestamp, TopKey::Other),
+            "user" => (Slot::User, TopKey::Other),
+            "objectRef" => (Slot::ObjectRef, TopKey::Other),
+            "requestObject" => (Slot::None, TopKey::RequestObject),
+            "responseObject" => (Slot::None, TopKey::ResponseObject),
+            _ => (Slot::None, TopKey::Other),
+        },
+        Ctx::User => match key {
+            "username" => (Slot::Username, TopKey::Other),
+            "groups" => (Slot::Groups, TopKey::Other),
+            _ => (Slot::None, TopKey::Other),
+        },
+        Ctx::ObjectRef => match key {
+            "apiGroup" => (Slot::ApiGroup, TopKey::Other),
+            "resource" => (Slot::Resource, TopKey::Other),
+            "subresource" => (Slot::Subresource, TopKey::Other),
+            "namespace" => (Slot::Namespace, TopKey::Other),
+            "name" => (Slot::Name, TopKey::Other),
+            _ => (Slot::None, TopKey::Other),
+        },
+        Ctx::Plain => (Slot::None, TopKey::Other),
+    }
+}
+
+fn store<'a>(f: &mut Fields<'a>, slot: Slot, s: Cow<'a, str>) {
+    match slot {
+        Slot::AuditId => f.audit_id = Some(s),
+        Slot::Verb => f.verb = Some(s),
+        Slot::Stage => f.stage = Some(s),
+        Slot::Level => f.level = Some(s),
+        Slot::RequestUri => f.request_uri = Some(s),
+        Slot::StageTimestamp => f.stage_timestamp = Some(s),
+        Slot::Username => {
+            if !s.is_empty() {
+                f.username = Some(s)
+            }
+        }
+        Slot::ApiGroup | Slot::Resource | Slot::Subresource | Slot::Namespace | Slot::Name => {
+            let o = f.object_ref.get_or_insert_with(ObjectRef::default);
+            match slot {
+                Slot::ApiGroup => o.api_group = s,
+                Slot::Resource => o.resource = s,
+                Slot::Subresource => o.subresource = s,
+                Slot::Namespace => o.namespace = s,
+                _ => o.name = s,
+            }
+        }
+        Slot::None | Slot::Groups | Slot::User | Slot::ObjectRef => {}
+    }
+}
+
+/// Writes the final header of a container whose one-byte placeholder is at
+/// `hdr`: fixmap/fixarray up to 15 entries, else map16/array16 or
+/// map32/array32 (msgpack spec "map format family"). Returns the number of
+/// bytes inserted.
+fn finish_container(out: &mut Vec<u8>, hdr: usize, count: u32, map: bool) -> usize {
+    if count <= 15 {
+        out[hdr] = if map { 0x80 } else { 0x90 } | count as u8;
+        0
+    } else if count <= 0xffff {
+        out[hdr] = if map { 0xde } else { 0xdc };
+        out.splice(hdr + 1..hdr + 1, (count as u16).to_be_bytes());
+        2
+    } else {
+        out[hdr] = if map { 0xdf } else { 0xdd };
+        out.splice(hdr + 1..hdr + 1, count.to_be_bytes());
+        4
+    }
+}

@@ -1,0 +1,8 @@
+//! The Fluent Forward protocol: wire forms, the encoder and batcher, the
+//! client (sidecar side) and the server (in-cluster receiver).
+
+pub mod batch;
+pub mod client;
+pub mod encode;
+pub mod protocol;
+pub mod server;

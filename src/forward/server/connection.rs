@@ -1,0 +1,140 @@
+//! One receiver connection: owns the framing of the byte stream into Forward
+//! messages, their decoding, the write, and the ack.
+
+use super::Shared;
+use super::message::{self, MessageError};
+use crate::forward::protocol::encode_ack;
+use crate::forward::protocol::frame::{self, Frame, FrameError};
+use crate::transport::Stream;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::debug;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+    #[error("{0}")]
+    Message(#[from] MessageError),
+    #[error("idle for {0:?}; closing")]
+    Idle(std::time::Duration),
+    #[error("connection closed in the middle of a message ({0} bytes pending)")]
+    Truncated(usize),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("writing the output failed: {0}")]
+    Output(std::io::Error),
+}
+
+impl ConnError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ConnError::Frame(FrameError::TooLarge { .. }) => "frame_too_large",
+            ConnError::Frame(FrameError::Reserved) => "malformed",
+            ConnError::Message(m) => m.reason(),
+            ConnError::Idle(_) => "idle_timeout",
+            ConnError::Truncated(_) => "truncated",
+            ConnError::Io(_) => "io",
+            ConnError::Output(_) => "output",
+        }
+    }
+}
+
+pub struct Connection {
+    stream: Stream,
+    peer: String,
+    shared: Arc<Shared>,
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl Connection {
+    pub fn new(stream: Stream, peer: String, shared: Arc<Shared>) -> Self {
+        Connection {
+            stream,
+            peer,
+            shared,
+            buf: Vec::with_capacity(64 * 1024),
+            start: 0,
+        }
+    }
+
+    /// Serves until the peer closes. A protocol error ends this connection only.
+    pub async fn run(mut self) -> Result<(), ConnError> {
+        loop {
+            let need =
+                match frame::measure(&self.buf[self.start..], self.shared.cfg.max_frame_bytes)? {
+                    Frame::Complete(n) => {
+                        let (s, e) = (self.start, self.start + n);
+                        self.start = e;
+                        self.handle(s, e).await?;
+                        if self.start == self.buf.len() {
+                            self.buf.clear();
+                            self.start = 0;
+                        }
+                        continue;
+                    }
+                    Frame::Incomplete(n) => n,
+                };
+            if self.start > 0 {
+                self.buf.drain(..self.start);
+                self.start = 0;
+            }
+            self.buf
+                .reserve(need.saturating_sub(self.buf.len()).max(64 * 1024));
+            let idle = self.shared.cfg.idle_timeout;
+            let n = match tokio::time::timeout(idle, self.stream.read_buf(&mut self.buf)).await {
+                Err(_) => return Err(ConnError::Idle(idle)),
+                Ok(r) => r?,
+            };
+            if n == 0 {
+                if self.buf.is_empty() {
+                    debug!(peer = %self.peer, "connection closed");
+                    return Ok(());
+                }
+                return Err(ConnError::Truncated(self.buf.len()));
+            }
+            self.shared.m.bytes.inc_by(n as u64);
+        }
+    }
+
+    async fn handle(&mut self, s: usize, e: usize) -> Result<(), ConnError> {
+        let mut out = Vec::with_capacity((e - s) * 2);
+        let frame = &self.buf[s..e];
+        let Some(d) = message::decode(frame, self.shared.cfg.max_decompressed_bytes, &mut out)?
+        else {
+            return Ok(()); // heartbeat
+        };
+        self.shared.m.message(d.mode.as_str());
+        let chunk = d.chunk.map(|c| c.to_vec());
+        let events = d.events;
+        let dup = chunk.as_ref().is_some_and(|c| {
+            self.shared
+                .dedupe
+                .lock()
+                .map(|g| g.contains(c))
+                .unwrap_or(false)
+        });
+        if dup {
+            self.shared.m.dedupe_hits.inc();
+            debug!(peer = %self.peer, "resent chunk already written; acking without writing");
+        } else if !out.is_empty() {
+            self.shared
+                .writer
+                .write(out)
+                .await
+                .map_err(ConnError::Output)?;
+            self.shared.m.events.inc_by(events);
+            if let Some(c) = &chunk
+                && let Ok(mut g) = self.shared.dedupe.lock()
+            {
+                g.insert(c);
+            }
+        }
+        if let Some(c) = chunk {
+            self.stream.write_all(&encode_ack(&c)).await?;
+            self.shared.m.acks.inc();
+        }
+        Ok(())
+    }
+}

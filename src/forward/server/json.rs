@@ -1,0 +1,253 @@
+//! msgpack record → one JSON line, streaming, no intermediate tree.
+//!
+//! Strings are escaped the way Go's `encoding/json` escapes them (`<`, `>`,
+//! `&`, U+2028 and U+2029 as `\uXXXX`), so events written by kube-apiserver
+//! come out byte for byte as they went in.
+
+use crate::forward::protocol::EVENT_TIME_EXT;
+use crate::forward::protocol::reader::{Head, MsgReader, ReadError};
+use rmp::Marker;
+
+/// Deepest nesting written; deeper records are rejected.
+pub const MAX_DEPTH: usize = 128;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ToJsonError {
+    #[error("invalid msgpack: {0}")]
+    Read(#[from] ReadError),
+    #[error("record nested deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+}
+
+/// Writes the next msgpack value of `r` as JSON into `out`.
+pub fn write_value(r: &mut MsgReader<'_>, out: &mut Vec<u8>) -> Result<(), ToJsonError> {
+    value(r, out, 0)
+}
+
+fn value(r: &mut MsgReader<'_>, out: &mut Vec<u8>, depth: usize) -> Result<(), ToJsonError> {
+    if depth > MAX_DEPTH {
+        return Err(ToJsonError::TooDeep);
+    }
+    let marker = r.peek_marker()?;
+    match marker {
+        Marker::Null => {
+            r.read_head()?;
+            out.extend_from_slice(b"null");
+        }
+        Marker::True => {
+            r.read_head()?;
+            out.extend_from_slice(b"true");
+        }
+        Marker::False => {
+            r.read_head()?;
+            out.extend_from_slice(b"false");
+        }
+        Marker::F32 | Marker::F64 => {
+            let v = r.read_f64()?;
+            if v.is_finite() {
+                out.extend_from_slice(ryu::Buffer::new().format_finite(v).as_bytes());
+            } else {
+                out.extend_from_slice(b"null");
+            }
+        }
+        Marker::FixPos(_) | Marker::U8 | Marker::U16 | Marker::U32 | Marker::U64 => {
+            out.extend_from_slice(itoa::Buffer::new().format(r.read_u64()?).as_bytes());
+        }
+        Marker::FixNeg(_) | Marker::I8 | Marker::I16 | Marker::I32 | Marker::I64 => {
+            out.extend_from_slice(itoa::Buffer::new().format(r.read_i64()?).as_bytes());
+        }
+        _ => match r.read_head()?.1 {
+            Head::Str(n) | Head::Bin(n) => write_str(out, r.read_bytes(n)?),
+            Head::Array(n) => {
+                out.push(b'[');
+                for i in 0..n {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    value(r, out, depth + 1)?;
+                }
+                out.push(b']');
+            }
+            Head::Map(n) => {
+                out.push(b'{');
+                for i in 0..n {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    key(r, out, depth + 1)?;
+                    out.push(b':');
+                    value(r, out, depth + 1)?;
+                }
+                out.push(b'}');
+            }
+            Head::Ext(t, n) => {
+                let data = r.read_bytes(n)?;
+                if t == EVENT_TIME_EXT && n == 8 {
+                    let secs = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
+                    let nanos = u32::from_be_bytes([data[4], data[5], data[6], data[7]]);
+                    let v = secs as f64 + nanos as f64 / 1e9;
+                    out.extend_from_slice(ryu::Buffer::new().format_finite(v).as_bytes());
+                } else {
+                    out.extend_from_slice(b"null");
+                }
+            }
+            Head::Scalar(_) => out.extend_from_slice(b"null"),
+        },
+    }
+    Ok(())
+}
+
+/// JSON object keys must be strings: a non-string msgpack key is written as
+/// the string of its JSON form.
+fn key(r: &mut MsgReader<'_>, out: &mut Vec<u8>, depth: usize) -> Result<(), ToJsonError> {
+    match r.peek_marker()? {
+        Marker::FixStr(_)
+        | Marker::Str8
+        | Marker::Str16
+        | Marker::Str32
+        | Marker::Bin8
+        | Marker::Bin16
+        | Marker::Bin32 => {
+            write_str(out, r.read_str_bytes()?);
+        }
+        _ => {
+            let mut tmp = Vec::new();
+            value(r, &mut tmp, depth)?;
+            write_str(out, &tmp);
+        }
+    }
+    Ok(())
+}
+
+// 0: copy; 1: needs an escape.
+static ESCAPE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = 1;
+        i += 1;
+    }
+    t[b'"' as usize] = 1;
+    t[b'\\' as usize] = 1;
+    t[b'<' as usize] = 1;
+    t[b'>' as usize] = 1;
+    t[b'&' as usize] = 1;
+    t[0xE2] = 1; // may start U+2028 / U+2029
+    t
+};
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Writes `s` as a JSON string. Invalid UTF-8 becomes U+FFFD, as in Go.
+pub fn write_str(out: &mut Vec<u8>, s: &[u8]) {
+    match std::str::from_utf8(s) {
+        Ok(v) => write_valid_str(out, v.as_bytes()),
+        Err(_) => write_valid_str(out, String::from_utf8_lossy(s).as_bytes()),
+    }
+}
+
+fn write_valid_str(out: &mut Vec<u8>, s: &[u8]) {
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    let mut start = 0;
+    let mut i = 0;
+    while i < s.len() {
+        let b = s[i];
+        if ESCAPE[b as usize] == 0 {
+            i += 1;
+            continue;
+        }
+        if b == 0xE2 {
+            if s.get(i + 1) == Some(&0x80) && matches!(s.get(i + 2), Some(0xA8 | 0xA9)) {
+                out.extend_from_slice(&s[start..i]);
+                out.extend_from_slice(if s[i + 2] == 0xA8 {
+                    b"\\u2028"
+                } else {
+                    b"\\u2029"
+                });
+                i += 3;
+                start = i;
+            } else {
+                i += 1;
+            }
+            continue;
+        }
+        out.extend_from_slice(&s[start..i]);
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            _ => out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[(b >> 4) as usize],
+                HEX[(b & 15) as usize],
+            ]),
+        }
+        i += 1;
+        start = i;
+    }
+    out.extend_from_slice(&s[start..]);
+    out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forward::encode::Transcoder;
+
+    fn round_trip(json: &str) -> String {
+        let mut mp = Vec::new();
+        Transcoder::default()
+            .encode(json.as_bytes(), &mut mp)
+            .unwrap();
+        let mut out = Vec::new();
+        write_value(&mut MsgReader::new(&mp), &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn go_style_escaping_is_byte_exact() {
+        let line = r#"{"requestURI":"/api/v1/pods?a=1\u0026b=\u003cx\u003e","msg":"tab\there \"q\" \\ \u2028 é ✓","n":-12,"f":1.5,"b":true,"z":null,"a":[1,{"k":[]}],"e":{}}"#;
+        assert_eq!(round_trip(line), line);
+    }
+
+    #[test]
+    fn large_maps_and_arrays_use_wide_headers() {
+        let mut line = String::from("{");
+        for i in 0..300 {
+            if i > 0 {
+                line.push(',');
+            }
+            line.push_str(&format!(
+                "\"k{i}\":[{}]",
+                (0..20).map(|x| x.to_string()).collect::<Vec<_>>().join(",")
+            ));
+        }
+        line.push('}');
+        assert_eq!(round_trip(&line), line);
+    }
+
+    #[test]
+    fn non_string_keys_become_strings() {
+        // {1: "a"}
+        let mp = [0x81, 0x01, 0xa1, b'a'];
+        let mut out = Vec::new();
+        write_value(&mut MsgReader::new(&mp), &mut out).unwrap();
+        assert_eq!(out, br#"{"1":"a"}"#);
+    }
+
+    #[test]
+    fn deep_nesting_is_rejected() {
+        let mp = vec![0x91; 1000];
+        let mut out = Vec::new();
+        assert_eq!(
+            write_value(&mut MsgReader::new(&mp), &mut out),
+            Err(ToJsonError::TooDeep)
+        );
+    }
+}

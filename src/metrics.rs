@@ -1,0 +1,265 @@
+//! Prometheus metrics (prometheus-client). Handles to per-output series are
+//! resolved once at start-up so the hot path only touches atomics.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+
+type Labels = Vec<(&'static str, String)>;
+type Counters = Family<Labels, Counter>;
+type Gauges = Family<Labels, Gauge>;
+
+/// Every metric family of the process.
+#[derive(Default)]
+pub struct Metrics {
+    registry: Registry,
+    f: Families,
+}
+
+#[derive(Default, Clone)]
+struct Families {
+    lines_read: Counters,
+    bytes_read: Counters,
+    invalid_lines: Counters,
+    events_dropped: Counters,
+    events_sent: Counters,
+    events_acked: Counters,
+    chunks_sent: Counters,
+    chunks_resent: Counters,
+    chunks_acked: Counters,
+    bytes_sent: Counters,
+    buffered_bytes: Gauges,
+    buffered_bytes_max: Gauges,
+    chunks_in_flight: Gauges,
+    connect_errors: Counters,
+    reconnects: Counters,
+    checkpoint_writes: Counters,
+    checkpoint_failures: Counters,
+    rotations: Counters,
+    truncations: Counters,
+    gaps: Counters,
+    read_errors: Counters,
+    recv_connections: Counters,
+    recv_connections_active: Gauges,
+    recv_messages: Counters,
+    recv_events: Counters,
+    recv_acks: Counters,
+    recv_rejected: Counters,
+    recv_dedupe: Counters,
+    recv_bytes: Counters,
+}
+
+/// Handles for one output's series.
+#[derive(Clone, Debug, Default)]
+pub struct OutputMetrics {
+    pub lines_read: Counter,
+    pub bytes_read: Counter,
+    pub events_sent: Counter,
+    pub events_acked: Counter,
+    pub chunks_sent: Counter,
+    pub chunks_resent: Counter,
+    pub chunks_acked: Counter,
+    pub bytes_sent: Counter,
+    pub buffered_bytes: Gauge,
+    pub buffered_bytes_max: Gauge,
+    pub chunks_in_flight: Gauge,
+    pub checkpoint_writes: Counter,
+    pub checkpoint_failures: Counter,
+    pub rotations: Counter,
+    pub truncations: Counter,
+    pub gaps: Counter,
+    pub read_errors: Counter,
+    name: String,
+    families: Option<Arc<FamiliesHandle>>,
+}
+
+#[derive(Debug)]
+struct FamiliesHandle {
+    invalid_lines: Counters,
+    events_dropped: Counters,
+    connect_errors: Counters,
+    reconnects: Counters,
+}
+
+impl OutputMetrics {
+    fn labeled(
+        &self,
+        pick: impl Fn(&FamiliesHandle) -> &Counters,
+        reason: &str,
+    ) -> Option<Counter> {
+        let f = self.families.as_ref()?;
+        Some(
+            pick(f)
+                .get_or_create(&vec![
+                    ("output", self.name.clone()),
+                    ("reason", reason.to_string()),
+                ])
+                .clone(),
+        )
+    }
+    /// An invalid line (counted whether it is forwarded raw or dropped).
+    pub fn invalid_line(&self, reason: &str) {
+        if let Some(c) = self.labeled(|f| &f.invalid_lines, reason) {
+            c.inc();
+        }
+    }
+    /// Events deliberately not forwarded, by reason.
+    pub fn dropped(&self, reason: &str, n: u64) {
+        if let Some(c) = self.labeled(|f| &f.events_dropped, reason) {
+            c.inc_by(n);
+        }
+    }
+    pub fn connect_error(&self, reason: &str) {
+        if let Some(c) = self.labeled(|f| &f.connect_errors, reason) {
+            c.inc();
+        }
+    }
+    pub fn reconnect(&self, reason: &str) {
+        if let Some(c) = self.labeled(|f| &f.reconnects, reason) {
+            c.inc();
+        }
+    }
+    /// Value of `events_dropped{reason}` (for summaries).
+    pub fn dropped_count(&self, reason: &str) -> u64 {
+        self.labeled(|f| &f.events_dropped, reason)
+            .map(|c| c.get())
+            .unwrap_or(0)
+    }
+    /// Sets the buffered-bytes gauge and raises its high-water mark.
+    pub fn set_buffered(&self, bytes: i64) {
+        self.buffered_bytes.set(bytes);
+        if bytes > self.buffered_bytes_max.get() {
+            self.buffered_bytes_max.set(bytes);
+        }
+    }
+}
+
+/// Handles for the receiver's series.
+#[derive(Clone, Debug, Default)]
+pub struct ReceiverMetrics {
+    pub connections: Counter,
+    pub connections_active: Gauge,
+    pub events: Counter,
+    pub acks: Counter,
+    pub dedupe_hits: Counter,
+    pub bytes: Counter,
+    messages: Counters,
+    rejected: Counters,
+}
+
+impl ReceiverMetrics {
+    pub fn message(&self, mode: &str) {
+        self.messages
+            .get_or_create(&vec![("mode", mode.to_string())])
+            .inc();
+    }
+    pub fn rejected(&self, reason: &str) {
+        self.rejected
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc();
+    }
+    pub fn rejected_count(&self, reason: &str) -> u64 {
+        self.rejected
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .get()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let f = Families::default();
+        let mut r = Registry::with_prefix("audit_forwarder");
+        macro_rules! reg {
+            ($($name:literal, $help:literal, $fam:ident;)*) => { $( r.register($name, $help, f.$fam.clone()); )* };
+        }
+        reg! {
+            "lines_read", "Lines read from the audit log", lines_read;
+            "bytes_read", "Bytes read from the audit log", bytes_read;
+            "invalid_lines", "Lines that are not valid JSON objects, by reason", invalid_lines;
+            "events_dropped", "Events deliberately not forwarded, by reason", events_dropped;
+            "events_sent", "Events written to the wire (first sends)", events_sent;
+            "events_acked", "Events acknowledged by the receiver", events_acked;
+            "chunks_sent", "Chunks written to the wire (first sends)", chunks_sent;
+            "chunks_resent", "Chunks written again after a reconnect", chunks_resent;
+            "chunks_acked", "Chunks acknowledged by the receiver", chunks_acked;
+            "bytes_sent", "Bytes written to the wire, after compression", bytes_sent;
+            "buffered_bytes", "Bytes read but not yet acknowledged", buffered_bytes;
+            "buffered_bytes_max", "High-water mark of buffered_bytes", buffered_bytes_max;
+            "chunks_in_flight", "Chunks sent and waiting for their ack", chunks_in_flight;
+            "connect_errors", "Failed connection attempts, by reason", connect_errors;
+            "reconnects", "Connections closed and re-opened, by reason", reconnects;
+            "checkpoint_writes", "Checkpoints written", checkpoint_writes;
+            "checkpoint_failures", "Checkpoint writes that failed", checkpoint_failures;
+            "rotations", "Log rotations followed", rotations;
+            "truncations", "Files found truncated (copytruncate)", truncations;
+            "gaps", "Checkpointed files that vanished before they were fully read", gaps;
+            "read_errors", "Errors reading the audit log", read_errors;
+            "receiver_connections", "Connections accepted by the receiver", recv_connections;
+            "receiver_connections_active", "Open receiver connections", recv_connections_active;
+            "receiver_messages", "Forward messages received, by mode", recv_messages;
+            "receiver_events", "Records written by the receiver", recv_events;
+            "receiver_acks", "Acks sent by the receiver", recv_acks;
+            "receiver_rejected_frames", "Frames or connections rejected, by reason", recv_rejected;
+            "receiver_dedupe_hits", "Resent chunks recognised and not written twice", recv_dedupe;
+            "receiver_bytes", "Bytes received", recv_bytes;
+        }
+        Arc::new(Metrics { registry: r, f })
+    }
+
+    /// Resolves the series of one output.
+    pub fn output(&self, name: &str) -> OutputMetrics {
+        let l = vec![("output", name.to_string())];
+        let c = |f: &Counters| f.get_or_create(&l).clone();
+        let g = |f: &Gauges| f.get_or_create(&l).clone();
+        let f = &self.f;
+        OutputMetrics {
+            lines_read: c(&f.lines_read),
+            bytes_read: c(&f.bytes_read),
+            events_sent: c(&f.events_sent),
+            events_acked: c(&f.events_acked),
+            chunks_sent: c(&f.chunks_sent),
+            chunks_resent: c(&f.chunks_resent),
+            chunks_acked: c(&f.chunks_acked),
+            bytes_sent: c(&f.bytes_sent),
+            buffered_bytes: g(&f.buffered_bytes),
+            buffered_bytes_max: g(&f.buffered_bytes_max),
+            chunks_in_flight: g(&f.chunks_in_flight),
+            checkpoint_writes: c(&f.checkpoint_writes),
+            checkpoint_failures: c(&f.checkpoint_failures),
+            rotations: c(&f.rotations),
+            truncations: c(&f.truncations),
+            gaps: c(&f.gaps),
+            read_errors: c(&f.read_errors),
+            name: name.to_string(),
+            families: Some(Arc::new(FamiliesHandle {
+                invalid_lines: f.invalid_lines.clone(),
+                events_dropped: f.events_dropped.clone(),
+                connect_errors: f.connect_errors.clone(),
+                reconnects: f.reconnects.clone(),
+            })),
+        }
+    }
+
+    pub fn receiver(&self) -> ReceiverMetrics {
+        let f = &self.f;
+        ReceiverMetrics {
+            connections: f.recv_connections.get_or_create(&vec![]).clone(),
+            connections_active: f.recv_connections_active.get_or_create(&vec![]).clone(),
+            events: f.recv_events.get_or_create(&vec![]).clone(),
+            acks: f.recv_acks.get_or_create(&vec![]).clone(),
+            dedupe_hits: f.recv_dedupe.get_or_create(&vec![]).clone(),
+            bytes: f.recv_bytes.get_or_create(&vec![]).clone(),
+            messages: f.recv_messages.clone(),
+            rejected: f.recv_rejected.clone(),
+        }
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
+        s
+    }
+}

@@ -1,0 +1,228 @@
+//! The whole forward side in one place. Each output is its own pipeline
+//! (DESIGN.md invariant 3):
+//!
+//! ```text
+//! tail thread: Tail ──lines──► Processor (encode → batch) ──chunks (bounded)──►
+//! tokio:       Client (send, acks) ──watermark──► checkpoint task ──► state_dir/checkpoint-<output>.json
+//! ```
+
+use crate::config::{Config, OutputSection};
+use crate::forward::batch::{BatchConfig, Batcher};
+use crate::forward::client::{Client, ClientConfig, ClientEnd};
+use crate::metrics::{Metrics, OutputMetrics};
+use crate::process::Processor;
+use crate::source::checkpoint::{Checkpoint, CheckpointError};
+use crate::source::tail::{Tail, TailConfig, TailEnd};
+use crate::source::{LineSink, Position};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("state_dir {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("starting the tail thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// What one output did.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub output: String,
+    pub lines_read: u64,
+    pub events_sent: u64,
+    pub events_acked: u64,
+    pub dropped_invalid: u64,
+    pub dropped_oversize: u64,
+    pub checkpoint: Option<Checkpoint>,
+    /// Everything read was acknowledged (oneshot success).
+    pub complete: bool,
+}
+
+/// Runs every output until `shutdown` (or, with `oneshot`, until caught up
+/// and acknowledged).
+pub async fn run(
+    cfg: &Config,
+    oneshot: bool,
+    metrics: &Metrics,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Vec<Report>, PipelineError> {
+    std::fs::create_dir_all(&cfg.state_dir).map_err(|source| PipelineError::StateDir {
+        path: cfg.state_dir.clone(),
+        source,
+    })?;
+    let mut tasks = Vec::new();
+    for o in &cfg.outputs {
+        let p = output(cfg, o, oneshot, metrics.output(&o.name), shutdown.clone())?;
+        tasks.push(tokio::spawn(p));
+    }
+    let mut reports = Vec::new();
+    for t in tasks {
+        match t.await {
+            Ok(r) => reports.push(r),
+            Err(e) => error!(error = %e, "output task failed"),
+        }
+    }
+    Ok(reports)
+}
+
+/// Starts one output's pipeline; the returned future completes when it ends.
+fn output(
+    cfg: &Config,
+    o: &OutputSection,
+    oneshot: bool,
+    m: OutputMetrics,
+    shutdown: watch::Receiver<bool>,
+) -> Result<impl Future<Output = Report> + use<>, PipelineError> {
+    let cp_path = cfg.state_dir.join(format!("checkpoint-{}.json", o.name));
+    let resume = Checkpoint::load(&cp_path)?;
+    let (chunk_tx, chunk_rx) = mpsc::channel(o.max_pending_chunks);
+    let (wm_tx, mut wm_rx) = watch::channel::<Option<Position>>(None);
+    let (conn_tx, _conn_rx) = watch::channel(false);
+
+    // Source + processing on a thread of their own.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tail = Tail::new(
+        TailConfig {
+            path: cfg.tail.path.clone(),
+            read_buffer: cfg.tail.read_buffer_bytes,
+            max_line_bytes: cfg.tail.max_line_bytes,
+            poll_interval: cfg.tail.poll_interval,
+            start_at: cfg.tail.start_at,
+            oneshot,
+        },
+        m.clone(),
+        stop.clone(),
+    );
+    let waker = tail.waker();
+    let mut proc = Processor::new(
+        Batcher::new(BatchConfig {
+            tag: o.tag.clone(),
+            max_events: o.max_batch_events,
+            max_bytes: o.max_batch_bytes,
+            flush_interval: o.flush_interval,
+            gzip: o.gzip.then_some(o.gzip_level),
+        }),
+        chunk_tx,
+        cfg.tail.on_invalid,
+        m.clone(),
+    );
+    let name = o.name.clone();
+    let tail_thread = std::thread::Builder::new()
+        .name(format!("tail-{name}"))
+        .spawn(move || {
+            let end = tail.run(resume, &mut proc);
+            if end == Ok(TailEnd::Caught) {
+                let _ = proc.idle();
+            }
+            end
+        })
+        .map_err(PipelineError::Thread)?;
+
+    let client = Client::new(
+        ClientConfig {
+            host: o.host.clone(),
+            port: o.port,
+            connect_timeout: o.connect_timeout,
+            ack_timeout: o.ack_timeout,
+            require_ack: o.require_ack,
+            max_in_flight: o.max_in_flight,
+            retry_min: o.retry_min,
+            retry_max: o.retry_max,
+        },
+        m.clone(),
+        chunk_rx,
+        wm_tx,
+        shutdown.clone(),
+        conn_tx,
+    );
+    let interval = o.checkpoint_interval;
+    let shutdown_timeout = cfg.shutdown_timeout;
+    Ok(async move {
+        let mut sd = shutdown.clone();
+        let mut client = tokio::spawn(client.run());
+        let mut saved: Option<Position> = None;
+        let mut tick = tokio::time::interval(interval);
+        let save = |p: Position| {
+            let path = cp_path.clone();
+            let m = m.clone();
+            async move {
+                let cp = Checkpoint::from_position(&p);
+                let r = tokio::task::spawn_blocking(move || cp.save(&path).map(|_| cp)).await;
+                match r {
+                    Ok(Ok(cp)) => {
+                        m.checkpoint_writes.inc();
+                        Some(cp)
+                    }
+                    Ok(Err(e)) => {
+                        m.checkpoint_failures.inc();
+                        warn!(error = %e, "checkpoint write failed; will retry");
+                        None
+                    }
+                    Err(_) => None,
+                }
+            }
+        };
+        let mut last_cp = None;
+        let end = loop {
+            tokio::select! {
+                r = &mut client => break r.ok(),
+                _ = tick.tick() => {
+                    let p = wm_rx.borrow_and_update().clone();
+                    if let Some(p) = p {
+                        let same = saved.as_ref().is_some_and(|s| Arc::ptr_eq(&s.file, &p.file) && s.offset == p.offset);
+                        if !same && let Some(cp) = save(p.clone()).await {
+                            saved = Some(p);
+                            last_cp = Some(cp);
+                        }
+                    }
+                }
+                _ = crate::stopped(&mut sd) => {
+                    stop.store(true, Ordering::Relaxed);
+                    waker.wake();
+                    info!(output = %name, timeout = ?shutdown_timeout, "stopping: waiting for outstanding acks");
+                    match tokio::time::timeout(shutdown_timeout, &mut client).await {
+                        Ok(r) => break r.ok(),
+                        Err(_) => {
+                            warn!(output = %name, "shutdown_timeout reached with chunks unacknowledged; they will be re-sent after restart");
+                            client.abort();
+                            break None;
+                        }
+                    }
+                }
+            }
+        };
+        // The tail ends once the client stops taking chunks (Stopped) or it caught up.
+        stop.store(true, Ordering::Relaxed);
+        waker.wake();
+        let _ = tokio::task::spawn_blocking(move || tail_thread.join()).await;
+        let final_pos = wm_rx.borrow().clone();
+        if let Some(p) = final_pos
+            && let Some(cp) = save(p).await
+        {
+            last_cp = Some(cp);
+        }
+        let complete = end == Some(ClientEnd::Drained);
+        Report {
+            output: name,
+            lines_read: m.lines_read.get(),
+            events_sent: m.events_sent.get(),
+            events_acked: m.events_acked.get(),
+            dropped_invalid: ["invalid_json", "invalid_utf8", "not_an_object", "too_deep"]
+                .iter()
+                .map(|r| m.dropped_count(r))
+                .sum(),
+            dropped_oversize: m.dropped_count("oversize"),
+            checkpoint: last_cp,
+            complete,
+        }
+    })
+}

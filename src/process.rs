@@ -1,0 +1,122 @@
+//! The per-output processing stage, run on the tail's thread for each line:
+//! decode + encode (one pass) → decision → batch → hand sealed chunks to the
+//! connection task, blocking when it is full (back-pressure: the file is the
+//! buffer).
+
+use crate::config::OnInvalid;
+use crate::forward::batch::{Batcher, Chunk};
+use crate::forward::encode::Transcoder;
+use crate::forward::protocol::{EventTime, write_str};
+use crate::logging::RateLimit;
+use crate::metrics::OutputMetrics;
+use crate::source::{FileInfo, LineSink, Skip, Stopped};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tracing::warn;
+
+pub struct Processor {
+    transcoder: Transcoder,
+    rec: Vec<u8>,
+    batcher: Batcher,
+    tx: mpsc::Sender<Chunk>,
+    on_invalid: OnInvalid,
+    m: OutputMetrics,
+    warn_invalid: RateLimit,
+}
+
+impl Processor {
+    pub fn new(
+        batcher: Batcher,
+        tx: mpsc::Sender<Chunk>,
+        on_invalid: OnInvalid,
+        m: OutputMetrics,
+    ) -> Self {
+        Processor {
+            transcoder: Transcoder::default(),
+            rec: Vec::with_capacity(16 * 1024),
+            batcher,
+            tx,
+            on_invalid,
+            m,
+            warn_invalid: RateLimit::default(),
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), Stopped> {
+        if let Some(c) = self.batcher.take() {
+            self.m
+                .set_buffered(self.m.buffered_bytes.get() + c.payload.len() as i64);
+            self.tx.blocking_send(c).map_err(|_| Stopped)?;
+        }
+        Ok(())
+    }
+
+    fn maybe_flush(&mut self) -> Result<(), Stopped> {
+        if self.batcher.should_flush() {
+            self.flush()
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl LineSink for Processor {
+    fn line(&mut self, line: &[u8], file: &Arc<FileInfo>, end: u64) -> Result<(), Stopped> {
+        self.rec.clear();
+        match self.transcoder.encode(line, &mut self.rec) {
+            Ok(fields) => {
+                let t = fields
+                    .stage_timestamp
+                    .as_deref()
+                    .and_then(EventTime::parse_rfc3339)
+                    .unwrap_or_else(EventTime::now);
+                self.batcher.push(t, &self.rec);
+            }
+            Err(e) => {
+                let reason = e.reason();
+                self.m.invalid_line(reason);
+                if let Some(n) = self.warn_invalid.allow() {
+                    // Never the line itself: audit events carry secrets.
+                    warn!(path = %file.path.display(), end_offset = end, bytes = line.len(), error = %e,
+                        action = ?self.on_invalid, suppressed = n, "invalid audit log line");
+                }
+                match self.on_invalid {
+                    OnInvalid::Drop => self.m.dropped(reason, 1),
+                    OnInvalid::ForwardRaw => {
+                        // {"log": <line, lossy UTF-8>, "error": <reason>}
+                        self.rec.clear();
+                        self.rec.push(0x82);
+                        write_str(&mut self.rec, b"log");
+                        write_str(&mut self.rec, String::from_utf8_lossy(line).as_bytes());
+                        write_str(&mut self.rec, b"error");
+                        write_str(&mut self.rec, e.to_string().as_bytes());
+                        self.batcher.push(EventTime::now(), &self.rec);
+                    }
+                }
+            }
+        }
+        self.batcher.advance(file, end);
+        self.maybe_flush()
+    }
+
+    fn skipped(
+        &mut self,
+        why: Skip,
+        _bytes: u64,
+        file: &Arc<FileInfo>,
+        end: u64,
+    ) -> Result<(), Stopped> {
+        match why {
+            Skip::Oversize => self.m.dropped("oversize", 1),
+        }
+        self.batcher.advance(file, end);
+        self.maybe_flush()
+    }
+
+    fn idle(&mut self) -> Result<(), Stopped> {
+        if self.batcher.is_dirty() {
+            self.flush()?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,526 @@
+//! Follows the audit log: reads big blocks, splits lines with memchr, follows
+//! rotation by file identity (device, inode and leading bytes), detects
+//! truncation, and resumes from a checkpoint after a restart.
+
+use super::checkpoint::{self, Checkpoint, Resume};
+use super::files::{self, Candidate};
+use super::{FINGERPRINT_BYTES, FileInfo, LineSink, Skip, Stopped};
+use crate::logging::RateLimit;
+use crate::metrics::OutputMetrics;
+use notify::Watcher;
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::time::{Duration, SystemTime};
+use tracing::{debug, error, info, warn};
+
+/// Where a first start (no checkpoint) begins in the live file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartAt {
+    /// The live file from its first byte.
+    Beginning,
+    /// The live file from its current end.
+    End,
+    /// Every rotated sibling still on disk, oldest first, then the live file.
+    Oldest,
+}
+
+#[derive(Debug, Clone)]
+pub struct TailConfig {
+    pub path: PathBuf,
+    pub read_buffer: usize,
+    pub max_line_bytes: usize,
+    pub poll_interval: Duration,
+    pub start_at: StartAt,
+    /// Stop at the end of the current file set instead of following it.
+    pub oneshot: bool,
+}
+
+/// How the tail ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TailEnd {
+    /// `oneshot`: everything present was read.
+    Caught,
+    /// Asked to stop.
+    Stopped,
+}
+
+/// Wakes the tail early (file events, shutdown).
+#[derive(Clone, Debug)]
+pub struct Waker(SyncSender<()>);
+
+impl Waker {
+    pub fn wake(&self) {
+        let _ = self.0.try_send(());
+    }
+}
+
+enum Reader {
+    Plain(File),
+    Gz(Box<flate2::read::MultiGzDecoder<File>>),
+}
+
+impl Read for Reader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Reader::Plain(f) => f.read(buf),
+            Reader::Gz(g) => g.read(buf),
+        }
+    }
+}
+
+struct Open {
+    rd: Reader,
+    info: Arc<FileInfo>,
+    /// Offset of the next byte `rd` returns.
+    read_off: u64,
+    /// Still the file at the configured path (may grow).
+    live: bool,
+    mtime: SystemTime,
+}
+
+/// A file read to its end, remembered so it is never read twice.
+#[derive(Debug, Clone)]
+struct Done {
+    dev: u64,
+    ino: u64,
+    gz: bool,
+    mtime: SystemTime,
+    head_fp: String,
+    head_len: usize,
+}
+
+impl Done {
+    fn is(&self, c: &Candidate) -> bool {
+        if self.head_len == 0 {
+            return c.dev == self.dev && c.ino == self.ino && c.gz == self.gz && c.len == 0;
+        }
+        c.head_fingerprint(self.head_len).as_deref() == Some(self.head_fp.as_str())
+    }
+}
+
+/// The tail reader. Runs on its own thread; blocks in the sink when the
+/// pipeline applies back-pressure.
+pub struct Tail {
+    cfg: TailConfig,
+    m: OutputMetrics,
+    stop: Arc<AtomicBool>,
+    wake_rx: Receiver<()>,
+    wake_tx: SyncSender<()>,
+    _watcher: Option<notify::RecommendedWatcher>,
+    cur: Option<Open>,
+    last_done: Option<Done>,
+    finished: VecDeque<Done>,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    scan: usize,
+    /// File offset of `buf[0]`.
+    buf_off: u64,
+    /// Bytes of an oversize line discarded so far.
+    skipping: Option<u64>,
+    warn_open: RateLimit,
+    warn_read: RateLimit,
+    warn_oversize: RateLimit,
+}
+
+impl Tail {
+    pub fn new(cfg: TailConfig, m: OutputMetrics, stop: Arc<AtomicBool>) -> Self {
+        let (wake_tx, wake_rx) = std::sync::mpsc::sync_channel(1);
+        let watcher = watch(&cfg.path, wake_tx.clone());
+        let size = cfg.read_buffer.max(4096);
+        Tail {
+            cfg,
+            m,
+            stop,
+            wake_rx,
+            wake_tx,
+            _watcher: watcher,
+            cur: None,
+            last_done: None,
+            finished: VecDeque::new(),
+            buf: vec![0; size],
+            start: 0,
+            end: 0,
+            scan: 0,
+            buf_off: 0,
+            skipping: None,
+            warn_open: RateLimit::default(),
+            warn_read: RateLimit::default(),
+            warn_oversize: RateLimit::default(),
+        }
+    }
+
+    pub fn waker(&self) -> Waker {
+        Waker(self.wake_tx.clone())
+    }
+
+    fn wait(&self) {
+        let _ = self.wake_rx.recv_timeout(self.cfg.poll_interval);
+    }
+
+    /// Reads until stopped (or, with `oneshot`, until caught up).
+    pub fn run(
+        &mut self,
+        resume: Option<Checkpoint>,
+        sink: &mut dyn LineSink,
+    ) -> Result<TailEnd, Stopped> {
+        self.begin(resume);
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return Ok(TailEnd::Stopped);
+            }
+            if self.cur.is_none() && !self.open_next() {
+                if self.cfg.oneshot {
+                    return Ok(TailEnd::Caught);
+                }
+                sink.idle()?;
+                self.wait();
+                continue;
+            }
+            match self.read_block() {
+                Ok(0) => {
+                    if self.at_eof(sink)? {
+                        return Ok(TailEnd::Caught);
+                    }
+                }
+                Ok(_) => self.split_lines(sink)?,
+                Err(e) => {
+                    self.m.read_errors.inc();
+                    if let Some(n) = self.warn_read.allow() {
+                        warn!(error = %e, suppressed = n, "reading the audit log failed; retrying");
+                    }
+                    sink.idle()?;
+                    self.wait();
+                }
+            }
+        }
+    }
+
+    /// Chooses the first file to read.
+    fn begin(&mut self, resume: Option<Checkpoint>) {
+        let cands = files::candidates(&self.cfg.path);
+        match resume {
+            Some(cp) => match checkpoint::resolve(&cp, &cands) {
+                Resume::Found { candidate, offset } => {
+                    let offset = if !candidate.gz && offset > candidate.len {
+                        self.m.truncations.inc();
+                        warn!(path = %candidate.path.display(), offset, len = candidate.len,
+                            "checkpointed file is shorter than the checkpoint; reading it from the start");
+                        0
+                    } else {
+                        offset
+                    };
+                    info!(path = %candidate.path.display(), offset, "resuming from checkpoint");
+                    self.open(&candidate, offset);
+                }
+                Resume::Gap { next } => {
+                    self.m.gaps.inc();
+                    error!(
+                        path = %cp.file.path.display(), offset = cp.offset,
+                        "DATA GAP: the checkpointed file no longer exists (rotated away and deleted while \
+                         the forwarder was down); events after this offset in it were not forwarded"
+                    );
+                    if let Some(c) = next {
+                        self.open(&c, 0);
+                    }
+                }
+            },
+            None => {
+                let first = match self.cfg.start_at {
+                    StartAt::Oldest => cands.first().map(|c| (c, 0)),
+                    StartAt::Beginning => cands.iter().find(|c| c.live).map(|c| (c, 0)),
+                    StartAt::End => cands.iter().find(|c| c.live).map(|c| (c, c.len)),
+                };
+                if let Some((c, off)) = first {
+                    self.open(c, off);
+                }
+            }
+        }
+    }
+
+    /// Opens the file that follows the last finished one (or the live file).
+    fn open_next(&mut self) -> bool {
+        let cands = files::candidates(&self.cfg.path);
+        let next = match &self.last_done {
+            None => cands.iter().find(|c| c.live).cloned(),
+            Some(d) => {
+                let after: Vec<&Candidate> = match cands.iter().position(|c| d.is(c)) {
+                    Some(i) => cands[i + 1..].iter().collect(),
+                    None => cands.iter().filter(|c| c.mtime >= d.mtime).collect(),
+                };
+                after
+                    .into_iter()
+                    .find(|c| !self.finished.iter().any(|f| f.is(c)))
+                    .cloned()
+            }
+        };
+        match next {
+            Some(c) => self.open(&c, 0),
+            None => false,
+        }
+    }
+
+    fn open(&mut self, c: &Candidate, offset: u64) -> bool {
+        let r = (|| -> std::io::Result<Open> {
+            let mut f = File::open(&c.path)?;
+            let meta = f.metadata()?;
+            let info = Arc::new(FileInfo::new(c.path.clone(), meta.dev(), meta.ino(), c.gz));
+            let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+            // Re-read the head so fingerprints cover bytes before `offset`.
+            if offset > 0 {
+                let head = files::read_head(&c.path, c.gz, FINGERPRINT_BYTES.min(offset as usize))?;
+                info.note_head(0, &head);
+            }
+            let rd = if c.gz {
+                let mut g = flate2::read::MultiGzDecoder::new(f);
+                std::io::copy(&mut (&mut g).take(offset), &mut std::io::sink())?;
+                Reader::Gz(Box::new(g))
+            } else {
+                f.seek(SeekFrom::Start(offset))?;
+                Reader::Plain(f)
+            };
+            Ok(Open {
+                rd,
+                info,
+                read_off: offset,
+                live: c.live,
+                mtime,
+            })
+        })();
+        match r {
+            Ok(o) => {
+                debug!(path = %c.path.display(), offset, "opened");
+                self.cur = Some(o);
+                self.start = 0;
+                self.end = 0;
+                self.scan = 0;
+                self.buf_off = offset;
+                self.skipping = None;
+                true
+            }
+            Err(e) => {
+                self.m.read_errors.inc();
+                if let Some(n) = self.warn_open.allow() {
+                    warn!(path = %c.path.display(), error = %e, suppressed = n, "cannot open audit log file; retrying");
+                }
+                false
+            }
+        }
+    }
+
+    fn read_block(&mut self) -> std::io::Result<usize> {
+        let Some(cur) = self.cur.as_mut() else {
+            return Ok(0);
+        };
+        if self.start == self.end && self.buf.len() > self.cfg.read_buffer.max(4096) {
+            // Give back the memory a long line needed.
+            self.buf_off += self.end as u64;
+            self.start = 0;
+            self.end = 0;
+            self.scan = 0;
+            self.buf = vec![0; self.cfg.read_buffer.max(4096)];
+        }
+        if self.end == self.buf.len() {
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.buf_off += self.start as u64;
+                self.end -= self.start;
+                self.scan -= self.start;
+                self.start = 0;
+            } else {
+                // One partial line fills the buffer: grow it (a longer line
+                // than max_line_bytes is discarded by split_lines first).
+                let target = (self.buf.len() * 2)
+                    .min(self.cfg.max_line_bytes.saturating_add(2))
+                    .max(self.buf.len() + 4096);
+                self.buf.resize(target, 0);
+            }
+        }
+        let n = cur.rd.read(&mut self.buf[self.end..])?;
+        if n > 0 {
+            cur.info
+                .note_head(cur.read_off, &self.buf[self.end..self.end + n]);
+            cur.read_off += n as u64;
+            self.end += n;
+            self.m.bytes_read.inc_by(n as u64);
+        }
+        Ok(n)
+    }
+
+    fn split_lines(&mut self, sink: &mut dyn LineSink) -> Result<(), Stopped> {
+        let Some(info) = self.cur.as_ref().map(|c| c.info.clone()) else {
+            return Ok(());
+        };
+        while let Some(k) = memchr::memchr(b'\n', &self.buf[self.scan..self.end]) {
+            let nl = self.scan + k;
+            let end_off = self.buf_off + nl as u64 + 1;
+            if let Some(skipped) = self.skipping.take() {
+                let total = skipped + (nl + 1 - self.start) as u64;
+                self.oversize(sink, total, &info, end_off)?;
+            } else {
+                let mut line = &self.buf[self.start..nl];
+                if let [rest @ .., b'\r'] = line {
+                    line = rest;
+                }
+                if line.len() > self.cfg.max_line_bytes {
+                    self.oversize(sink, line.len() as u64 + 1, &info, end_off)?;
+                } else if !line.iter().all(u8::is_ascii_whitespace) {
+                    self.m.lines_read.inc();
+                    sink.line(line, &info, end_off)?;
+                }
+            }
+            self.start = nl + 1;
+            self.scan = self.start;
+        }
+        self.scan = self.end;
+        // A partial line longer than the limit: discard it as it arrives.
+        let partial = (self.end - self.start) as u64;
+        if partial > self.cfg.max_line_bytes as u64 || (self.skipping.is_some() && partial > 0) {
+            self.skipping = Some(self.skipping.unwrap_or(0) + partial);
+            self.buf_off += self.end as u64;
+            self.start = 0;
+            self.end = 0;
+            self.scan = 0;
+        }
+        Ok(())
+    }
+
+    fn oversize(
+        &mut self,
+        sink: &mut dyn LineSink,
+        bytes: u64,
+        info: &Arc<FileInfo>,
+        end: u64,
+    ) -> Result<(), Stopped> {
+        if let Some(n) = self.warn_oversize.allow() {
+            warn!(path = %info.path.display(), bytes, limit = self.cfg.max_line_bytes, end_offset = end, suppressed = n,
+                "skipping a line longer than max_line_bytes");
+        }
+        sink.skipped(Skip::Oversize, bytes, info, end)
+    }
+
+    /// End of data for now. Returns true when a oneshot run is complete.
+    fn at_eof(&mut self, sink: &mut dyn LineSink) -> Result<bool, Stopped> {
+        let Some(cur) = self.cur.as_mut() else {
+            return Ok(false);
+        };
+        if cur.live {
+            match std::fs::metadata(&self.cfg.path) {
+                Ok(m) if m.dev() == cur.info.dev && m.ino() == cur.info.ino => {
+                    if m.len() < cur.read_off {
+                        self.truncated();
+                        return Ok(false);
+                    }
+                    sink.idle()?;
+                    if self.cfg.oneshot {
+                        if self.end > self.start || self.skipping.is_some() {
+                            warn!(
+                                bytes = self.end - self.start,
+                                "oneshot: the last line has no newline yet; it was not forwarded"
+                            );
+                        }
+                        return Ok(true);
+                    }
+                    self.wait();
+                    Ok(false)
+                }
+                _ => {
+                    // Renamed, replaced or deleted: drain what is left from the
+                    // open descriptor, then move on.
+                    debug!(path = %cur.info.path.display(), "live file rotated");
+                    self.m.rotations.inc();
+                    cur.live = false;
+                    Ok(false)
+                }
+            }
+        } else {
+            self.finish_file(sink)?;
+            Ok(false)
+        }
+    }
+
+    fn truncated(&mut self) {
+        let Some(cur) = self.cur.as_mut() else { return };
+        self.m.truncations.inc();
+        warn!(path = %self.cfg.path.display(), offset = cur.read_off,
+            "audit log was truncated in place (copytruncate); reading it from the start");
+        let path = cur.info.path.clone();
+        let (dev, ino) = (cur.info.dev, cur.info.ino);
+        if let Reader::Plain(f) = &mut cur.rd {
+            let _ = f.seek(SeekFrom::Start(0));
+        }
+        cur.info = Arc::new(FileInfo::new(path, dev, ino, false));
+        cur.read_off = 0;
+        self.start = 0;
+        self.end = 0;
+        self.scan = 0;
+        self.buf_off = 0;
+        self.skipping = None;
+    }
+
+    /// A rotated file was read to its end: an unterminated last line is final
+    /// now and is passed on (the sink decides whether it is valid).
+    fn finish_file(&mut self, sink: &mut dyn LineSink) -> Result<(), Stopped> {
+        let Some(cur) = self.cur.take() else {
+            return Ok(());
+        };
+        let end_off = self.buf_off + self.end as u64;
+        if let Some(skipped) = self.skipping.take() {
+            let total = skipped + (self.end - self.start) as u64;
+            self.oversize(sink, total, &cur.info, end_off)?;
+        } else if self.end > self.start {
+            let line = &self.buf[self.start..self.end];
+            if !line.iter().all(u8::is_ascii_whitespace) {
+                warn!(path = %cur.info.path.display(), "rotated file ended without a final newline");
+                self.m.lines_read.inc();
+                sink.line(line, &cur.info, end_off)?;
+            }
+        }
+        self.start = 0;
+        self.end = 0;
+        self.scan = 0;
+        let (head_fp, head_len) = cur.info.fingerprint(u64::MAX);
+        let d = Done {
+            dev: cur.info.dev,
+            ino: cur.info.ino,
+            gz: cur.info.gz,
+            mtime: cur.mtime,
+            head_fp,
+            head_len,
+        };
+        debug!(path = %cur.info.path.display(), bytes = cur.read_off, "finished file");
+        self.finished.push_back(d.clone());
+        if self.finished.len() > 64 {
+            self.finished.pop_front();
+        }
+        self.last_done = Some(d);
+        Ok(())
+    }
+}
+
+/// inotify (or the platform's equivalent) on the log's directory; `None` and
+/// a warning where it is unavailable, in which case polling alone is used.
+fn watch(path: &std::path::Path, tx: SyncSender<()>) -> Option<notify::RecommendedWatcher> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let r = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
+        let _ = tx.try_send(());
+    })
+    .and_then(|mut w| w.watch(dir, notify::RecursiveMode::NonRecursive).map(|_| w));
+    match r {
+        Ok(w) => Some(w),
+        Err(e) => {
+            warn!(dir = %dir.display(), error = %e, "file notifications unavailable; polling only");
+            None
+        }
+    }
+}

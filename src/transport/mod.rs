@@ -1,0 +1,39 @@
+//! Byte streams to a Forward server: plain TCP today; TLS and HTTP CONNECT
+//! proxies wrap the same [`Stream`] type.
+
+pub mod tcp;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Any bidirectional byte stream a Forward connection can run over.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A boxed transport stream.
+pub type Stream = Box<dyn Io>;
+
+/// Why a transport could not be established.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connecting to {addr}: timed out after {secs:.1}s")]
+    Timeout { addr: String, secs: f64 },
+    #[error("connecting to {addr}: {source}")]
+    Io {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+impl ConnectError {
+    /// Short label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ConnectError::Timeout { .. } => "timeout",
+            ConnectError::Io { source, .. } => match source.kind() {
+                std::io::ErrorKind::ConnectionRefused => "refused",
+                std::io::ErrorKind::NotFound => "resolve",
+                _ => "io",
+            },
+        }
+    }
+}
