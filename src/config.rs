@@ -143,7 +143,7 @@ impl Default for OutputSection {
             max_pending_chunks: 2,
             retry_min: Duration::from_millis(200),
             retry_max: Duration::from_secs(10),
-            checkpoint_interval: Duration::from_secs(1),
+            checkpoint_interval: Duration::from_millis(250),
         }
     }
 }

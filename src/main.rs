@@ -81,7 +81,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for r in &reports {
                 info!(output = %r.output, lines_read = r.lines_read, events_sent = r.events_sent,
                     events_acked = r.events_acked, dropped_invalid = r.dropped_invalid,
-                    dropped_oversize = r.dropped_oversize, complete = r.complete, "output finished");
+                    dropped_oversize = r.dropped_oversize,
+                    buffered_bytes_max = r.buffered_bytes_max, complete = r.complete, "output finished");
                 ok &= r.complete || !a.oneshot;
             }
             Ok(if ok {

@@ -42,6 +42,8 @@ pub struct Report {
     pub events_acked: u64,
     pub dropped_invalid: u64,
     pub dropped_oversize: u64,
+    /// High-water mark of bytes read but not yet acknowledged.
+    pub buffered_bytes_max: u64,
     pub checkpoint: Option<Checkpoint>,
     /// Everything read was acknowledged (oneshot success).
     pub complete: bool,
@@ -150,7 +152,10 @@ fn output(
         let mut sd = shutdown.clone();
         let mut client = tokio::spawn(client.run());
         let mut saved: Option<Position> = None;
-        let mut tick = tokio::time::interval(interval);
+        // Save promptly when the watermark moves, at most once per interval.
+        let mut next_save = tokio::time::Instant::now();
+        let mut dirty = false;
+        let mut wm_open = true;
         let save = |p: Position| {
             let path = cp_path.clone();
             let m = m.clone();
@@ -175,13 +180,24 @@ fn output(
         let end = loop {
             tokio::select! {
                 r = &mut client => break r.ok(),
-                _ = tick.tick() => {
+                r = wm_rx.changed(), if wm_open => match r {
+                    Ok(()) => dirty = true,
+                    Err(_) => wm_open = false,
+                },
+                _ = tokio::time::sleep_until(next_save), if dirty => {
+                    dirty = false;
                     let p = wm_rx.borrow_and_update().clone();
                     if let Some(p) = p {
                         let same = saved.as_ref().is_some_and(|s| Arc::ptr_eq(&s.file, &p.file) && s.offset == p.offset);
-                        if !same && let Some(cp) = save(p.clone()).await {
-                            saved = Some(p);
-                            last_cp = Some(cp);
+                        if !same {
+                            match save(p.clone()).await {
+                                Some(cp) => {
+                                    saved = Some(p);
+                                    last_cp = Some(cp);
+                                }
+                                None => dirty = true, // retry after the interval
+                            }
+                            next_save = tokio::time::Instant::now() + interval;
                         }
                     }
                 }
@@ -221,6 +237,7 @@ fn output(
                 .map(|r| m.dropped_count(r))
                 .sum(),
             dropped_oversize: m.dropped_count("oversize"),
+            buffered_bytes_max: m.buffered_bytes_max.get().max(0) as u64,
             checkpoint: last_cp,
             complete,
         }

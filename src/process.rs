@@ -61,6 +61,11 @@ impl Processor {
 }
 
 impl LineSink for Processor {
+    fn start(&mut self, file: &Arc<FileInfo>, offset: u64) -> Result<(), Stopped> {
+        self.batcher.advance(file, offset);
+        self.flush()
+    }
+
     fn line(&mut self, line: &[u8], file: &Arc<FileInfo>, end: u64) -> Result<(), Stopped> {
         self.rec.clear();
         match self.transcoder.encode(line, &mut self.rec) {

@@ -83,6 +83,10 @@ pub struct Stopped;
 
 /// Receives what the tail reads, in file order.
 pub trait LineSink {
+    /// Reading begins (or resumes) at `offset` of `file`: the position to
+    /// checkpoint before any line is read, so that a crash before the first
+    /// ack still finds this file again after it rotates.
+    fn start(&mut self, file: &Arc<FileInfo>, offset: u64) -> Result<(), Stopped>;
     /// One complete line (without its newline); `end` is the offset after it.
     fn line(&mut self, line: &[u8], file: &Arc<FileInfo>, end: u64) -> Result<(), Stopped>;
     /// Bytes skipped (e.g. an oversize line); the position moves past them.

@@ -172,6 +172,9 @@ impl Tail {
         sink: &mut dyn LineSink,
     ) -> Result<TailEnd, Stopped> {
         self.begin(resume);
+        if let Some(c) = &self.cur {
+            sink.start(&c.info, c.read_off)?;
+        }
         loop {
             if self.stop.load(Ordering::Relaxed) {
                 return Ok(TailEnd::Stopped);

@@ -35,7 +35,11 @@ pub fn measure(buf: &[u8], max: usize) -> Result<Frame, FrameError> {
         let head = match r.read_head() {
             Ok((_, h)) => h,
             Err(ReadError::Reserved) => return Err(FrameError::Reserved),
-            Err(_) => return check(before + 1, max).map(|_| Frame::Incomplete(before + 1)),
+            Err(_) => {
+                // The header itself is cut off: at least one more byte.
+                let need = buf.len().max(before) + 1;
+                return check(need, max).map(|_| Frame::Incomplete(need));
+            }
         };
         match head {
             Head::Scalar(n) | Head::Str(n) | Head::Bin(n) | Head::Ext(_, n) => {

@@ -1,0 +1,267 @@
+//! Helpers for tests that drive the real binary.
+#![allow(dead_code)]
+
+use audit_forwarder::synth::{Generator, Mix};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_audit-forwarder");
+
+/// Upper bound for any wait in these tests: a hung test fails instead of
+/// running forever.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// A child process that is killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub logs: mpsc::Receiver<String>,
+    pub log_copy: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    /// Spawns the binary with JSON logs on stderr.
+    pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--log-format")
+            .arg("json")
+            .arg("--log-level")
+            .arg("info");
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn audit-forwarder");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        let copy = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let c2 = copy.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                c2.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        Proc {
+            child,
+            logs: rx,
+            log_copy: copy,
+        }
+    }
+
+    /// Waits for a log line containing `needle`; returns it.
+    pub fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.logs.recv_timeout(left) {
+                Ok(l) if l.contains(needle) => return l,
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "no log line containing {needle:?} within {WAIT:?}; logs:\n{}",
+                    self.log_copy.lock().unwrap().join("\n")
+                ),
+            }
+        }
+    }
+
+    pub fn all_logs(&self) -> String {
+        self.log_copy.lock().unwrap().join("\n")
+    }
+
+    /// Waits for exit (bounded) and returns the status code.
+    pub fn wait_exit(&mut self) -> i32 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                return s.code().unwrap_or(-1);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process did not exit; logs:\n{}",
+                self.all_logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn sigterm(&self) {
+        unsafe_free_kill(self.child.id(), "TERM");
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends a signal with kill(1) (keeps the tests free of unsafe).
+pub fn unsafe_free_kill(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+/// A receiver writing to `out`, on an ephemeral loopback port.
+pub fn receiver(out: &Path, extra: &[&str]) -> (Proc, u16) {
+    receiver_on("127.0.0.1:0", out, extra)
+}
+
+pub fn receiver_on(listen: &str, out: &Path, extra: &[&str]) -> (Proc, u16) {
+    let mut args = vec![
+        "receive",
+        "--listen",
+        listen,
+        "--output",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let p = Proc::spawn(&args, &[]);
+    let line = p.wait_log("receiver listening");
+    let v: serde_json::Value = serde_json::from_str(&line).expect("json log");
+    let addr = v["fields"]["listen"]
+        .as_str()
+        .expect("listen field")
+        .to_string();
+    let port = addr.rsplit(':').next().unwrap().parse().unwrap();
+    (p, port)
+}
+
+/// A port that was free a moment ago (for a receiver started later).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Forwarder arguments for `log` → 127.0.0.1:`port`.
+pub fn forward_args(log: &Path, state: &Path, port: u16) -> Vec<String> {
+    vec![
+        "forward".into(),
+        "--path".into(),
+        log.display().to_string(),
+        "--state-dir".into(),
+        state.display().to_string(),
+        "--port".into(),
+        port.to_string(),
+        "--set".into(),
+        "tail.poll_interval=\"20ms\"".into(),
+        "--set".into(),
+        "output.retry_max=\"200ms\"".into(),
+        "--set".into(),
+        "output.retry_min=\"20ms\"".into(),
+    ]
+}
+
+pub fn spawn_forward(args: &[String]) -> Proc {
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    Proc::spawn(&a, &[])
+}
+
+/// Lines of a file (complete lines only).
+pub fn read_lines(p: &Path) -> Vec<String> {
+    let text = std::fs::read(p).unwrap_or_default();
+    let end = text
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map(|i| i + 1)
+        .unwrap_or(0);
+    String::from_utf8_lossy(&text[..end])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits until `p` has at least `n` lines.
+pub fn wait_lines(p: &Path, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let l = read_lines(p);
+        if l.len() >= n {
+            return l;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} lines arrived in {}",
+            l.len(),
+            p.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn audit_id(line: &str) -> String {
+    let v: serde_json::Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:.200}"));
+    v["auditID"].as_str().unwrap_or_default().to_string()
+}
+
+/// Writes audit events like kube-apiserver: appends, and rotates by renaming
+/// to `audit-<timestamp>.log` and creating a new file.
+pub struct ApiServerLog {
+    pub path: PathBuf,
+    file: std::fs::File,
+    synth: Generator,
+    rotations: u32,
+    pub written: Vec<String>,
+}
+
+impl ApiServerLog {
+    pub fn new(path: &Path, seed: u64, mix: Mix) -> Self {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        ApiServerLog {
+            path: path.to_path_buf(),
+            file,
+            synth: Generator::new(seed, mix),
+            rotations: 0,
+            written: Vec::new(),
+        }
+    }
+
+    pub fn write(&mut self, n: usize) {
+        let mut buf = String::new();
+        for _ in 0..n {
+            let e = self.synth.event();
+            buf.push_str(&e);
+            buf.push('\n');
+            self.written.push(e);
+        }
+        self.file.write_all(buf.as_bytes()).unwrap();
+    }
+
+    pub fn rotate(&mut self) -> PathBuf {
+        self.rotations += 1;
+        let name = format!(
+            "audit-2026-01-01T00-00-{:02}.{:03}.log",
+            self.rotations / 1000,
+            self.rotations % 1000
+        );
+        let to = self.path.with_file_name(name);
+        std::fs::rename(&self.path, &to).unwrap();
+        self.file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .unwrap();
+        to
+    }
+}

@@ -1,0 +1,192 @@
+//! End to end on loopback with the real binary: forwarder → receiver.
+
+mod common;
+
+use audit_forwarder::synth::Mix;
+use common::*;
+use std::collections::HashMap;
+
+#[test]
+fn every_event_arrives_byte_for_byte_through_rotations() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("received.jsonl");
+    let (_rx, port) = receiver(&out, &[]);
+    let log = d.path().join("audit.log");
+    let mut api = ApiServerLog::new(&log, 1, Mix::Realistic);
+    let _fwd = spawn_forward(&forward_args(&log, &d.path().join("state"), port));
+    for _ in 0..5 {
+        api.write(800);
+        api.rotate();
+    }
+    api.write(500);
+    let got = wait_lines(&out, api.written.len());
+    assert_eq!(got.len(), api.written.len(), "no more and no fewer");
+    for (i, (g, w)) in got.iter().zip(&api.written).enumerate() {
+        assert!(g == w, "event {i} differs:\n got {g:.300}\nwant {w:.300}");
+    }
+}
+
+#[test]
+fn oneshot_reads_to_the_end_then_exits_and_resumes_without_replay() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("received.jsonl");
+    let (_rx, port) = receiver(&out, &[]);
+    let log = d.path().join("audit.log");
+    let state = d.path().join("state");
+    let mut api = ApiServerLog::new(&log, 2, Mix::Metadata);
+    api.write(1000);
+    let mut args = forward_args(&log, &state, port);
+    args.push("--oneshot".into());
+    let mut f = spawn_forward(&args);
+    assert_eq!(f.wait_exit(), 0, "{}", f.all_logs());
+    assert_eq!(read_lines(&out), api.written);
+
+    // More events and a rotation while it was not running.
+    api.write(300);
+    api.rotate();
+    api.write(200);
+    let mut f = spawn_forward(&args);
+    assert_eq!(f.wait_exit(), 0, "{}", f.all_logs());
+    assert_eq!(
+        read_lines(&out),
+        api.written,
+        "resumed exactly after the checkpoint, through the rotation"
+    );
+}
+
+#[test]
+fn kill_9_at_random_moments_loses_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("received.jsonl");
+    let (_rx, port) = receiver(&out, &[]);
+    let log = d.path().join("audit.log");
+    let state = d.path().join("state");
+    let mut api = ApiServerLog::new(&log, 3, Mix::Metadata);
+    let mut args = forward_args(&log, &state, port);
+    // Small windows and a checkpoint after every ack make the duplicate bound tight:
+    // at most (in flight + pending + open batch + one being checkpointed) batches per kill.
+    for s in [
+        "output.max_batch_events=50",
+        "output.max_in_flight=2",
+        "output.max_pending_chunks=1",
+        "output.checkpoint_interval=\"0s\"",
+    ] {
+        args.push("--set".into());
+        args.push(s.into());
+    }
+    let window = (2 + 1 + 2) * 50;
+    let mut seed = 0x9e3779b97f4a7c15u64;
+    let mut rnd = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let kills = 25;
+    for round in 0..kills {
+        let mut f = spawn_forward(&args);
+        // The apiserver keeps writing (and rotating) while the forwarder runs.
+        api.write(200 + rnd(400) as usize);
+        if round % 4 == 3 {
+            api.rotate();
+        }
+        // Kill after a random amount of progress (bounded by WAIT).
+        let before = read_lines(&out).len();
+        let target = before + 1 + rnd(300) as usize;
+        wait_lines(&out, target.min(api.written.len()));
+        f.kill9();
+    }
+    let mut f = spawn_forward(&{
+        let mut a = args.clone();
+        a.push("--oneshot".into());
+        a
+    });
+    assert_eq!(f.wait_exit(), 0, "{}", f.all_logs());
+
+    let got = read_lines(&out);
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for l in &got {
+        *seen.entry(audit_id(l)).or_default() += 1;
+    }
+    let missing: Vec<_> = api
+        .written
+        .iter()
+        .map(|w| audit_id(w))
+        .filter(|id| !seen.contains_key(id))
+        .collect();
+    let dups: usize = seen.values().map(|c| c - 1).sum();
+    if !missing.is_empty() {
+        let idx: Vec<usize> = api
+            .written
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| !seen.contains_key(&audit_id(w)))
+            .map(|(i, _)| i)
+            .collect();
+        let mut ranges = Vec::new();
+        let mut st = idx[0];
+        for w in idx.windows(2) {
+            if w[1] != w[0] + 1 {
+                ranges.push((st, w[0]));
+                st = w[1];
+            }
+        }
+        ranges.push((st, *idx.last().unwrap()));
+        eprintln!("missing ranges: {ranges:?}");
+    }
+    eprintln!(
+        "kill -9 x{kills}: written {}, received {}, missing {}, duplicates {dups}",
+        api.written.len(),
+        got.len(),
+        missing.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "lost {} events, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(3)]
+    );
+    assert!(
+        dups <= kills * window,
+        "duplicates {dups} exceed {kills} kills x window {window}"
+    );
+}
+
+#[test]
+fn receiver_down_then_back_loses_nothing_and_memory_stays_bounded() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("received.jsonl");
+    let log = d.path().join("audit.log");
+    let port = free_port();
+    let mut api = ApiServerLog::new(&log, 4, Mix::Metadata);
+    api.write(20_000); // ~40 MB, far more than the buffer bound
+    let mut args = forward_args(&log, &d.path().join("state"), port);
+    // Small batches so the bound is small: (2 in flight + 1 pending + 1 open) x 64 KiB.
+    for s in [
+        "output.max_batch_bytes=65536",
+        "output.max_in_flight=2",
+        "output.max_pending_chunks=1",
+    ] {
+        args.push("--set".into());
+        args.push(s.into());
+    }
+    args.push("--oneshot".into());
+    let mut f = spawn_forward(&args);
+    f.wait_log("forward connection failed");
+    let (_rx, _) = receiver_on(&format!("127.0.0.1:{port}"), &out, &[]);
+    assert_eq!(f.wait_exit(), 0, "{}", f.all_logs());
+    assert_eq!(read_lines(&out).len(), api.written.len());
+    let fin = f.all_logs();
+    let line = fin
+        .lines()
+        .find(|l| l.contains("output finished"))
+        .expect("final report");
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    let max = v["fields"]["buffered_bytes_max"]
+        .as_u64()
+        .expect("buffered_bytes_max");
+    let max_event = api.written.iter().map(|e| e.len()).max().unwrap() as u64;
+    let bound = 4 * 65536 + max_event;
+    eprintln!("buffered_bytes_max = {max} (bound {bound})");
+    assert!(max > 0 && max <= bound, "buffered {max} > bound {bound}");
+}
