@@ -157,6 +157,10 @@ impl Checkpoint {
 pub enum Resume {
     /// The checkpointed file was found: continue it at `offset`.
     Found { candidate: Candidate, offset: u64 },
+    /// The checkpointed file is still there (same device and inode) but its
+    /// leading bytes changed: it was truncated in place (copytruncate) and
+    /// written again. Read it from the start.
+    Rewritten { candidate: Candidate },
     /// The checkpointed file is gone: bytes after its offset may be lost.
     /// Continue with the first file written after the checkpoint, if any.
     Gap { next: Option<Candidate> },
@@ -168,6 +172,14 @@ pub fn resolve(cp: &Checkpoint, cands: &[Candidate]) -> Resume {
         return Resume::Found {
             candidate: c.clone(),
             offset: cp.offset,
+        };
+    }
+    if let Some(c) = cands
+        .iter()
+        .find(|c| c.dev == cp.file.dev && c.ino == cp.file.ino && c.gz == cp.file.gz)
+    {
+        return Resume::Rewritten {
+            candidate: c.clone(),
         };
     }
     // Files modified after the checkpoint was written may hold events after it.

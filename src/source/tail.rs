@@ -223,6 +223,13 @@ impl Tail {
                     info!(path = %candidate.path.display(), offset, "resuming from checkpoint");
                     self.open(&candidate, offset);
                 }
+                Resume::Rewritten { candidate } => {
+                    self.m.truncations.inc();
+                    warn!(path = %candidate.path.display(), offset = cp.offset,
+                        "audit log was truncated and rewritten in place (copytruncate) while the forwarder was down; \
+                         reading it from the start (events written before the truncation and not yet forwarded are lost)");
+                    self.open(&candidate, 0);
+                }
                 Resume::Gap { next } => {
                     self.m.gaps.inc();
                     error!(
@@ -252,7 +259,22 @@ impl Tail {
     fn open_next(&mut self) -> bool {
         let cands = files::candidates(&self.cfg.path);
         let next = match &self.last_done {
-            None => cands.iter().find(|c| c.live).cloned(),
+            None => {
+                let live = cands.iter().find(|c| c.live).cloned();
+                if live.is_none()
+                    && let Some(n) = self.warn_open.allow()
+                {
+                    match std::fs::metadata(&self.cfg.path) {
+                        Ok(_) => warn!(path = %self.cfg.path.display(), suppressed = n,
+                            "audit log path is not a regular file (directory or FIFO?); waiting for a regular file"),
+                        Err(e) => {
+                            warn!(path = %self.cfg.path.display(), error = %e, suppressed = n,
+                            "audit log not found; waiting for it")
+                        }
+                    }
+                }
+                live
+            }
             Some(d) => {
                 let after: Vec<&Candidate> = match cands.iter().position(|c| d.is(c)) {
                     Some(i) => cands[i + 1..].iter().collect(),

@@ -1,0 +1,215 @@
+//! Bad input in the audit log: each case has a defined outcome, and nothing
+//! else is lost.
+
+mod common;
+
+use common::*;
+use std::io::Write;
+
+fn oneshot(log: &std::path::Path, state: &std::path::Path, port: u16, extra: &[&str]) -> Proc {
+    let mut args = forward_args(log, state, port);
+    args.push("--oneshot".into());
+    for e in extra {
+        args.push((*e).into());
+    }
+    let mut f = spawn_forward(&args);
+    assert_eq!(f.wait_exit(), 0, "{}", f.all_logs());
+    f
+}
+
+const A: &str = r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"a","stage":"ResponseComplete","verb":"get"}"#;
+const B: &str = r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"b","stage":"ResponseComplete","verb":"list"}"#;
+
+fn bad_log(path: &std::path::Path) {
+    let mut f = std::fs::File::create(path).unwrap();
+    let deep = format!("{{\"a\":{}1{}}}", "[".repeat(200), "]".repeat(200));
+    let mut body: Vec<u8> = Vec::new();
+    body.extend_from_slice(A.as_bytes());
+    body.extend_from_slice(b"\n{\"kind\":\"Event\", \"broken\n"); // invalid JSON
+    body.extend_from_slice(b"{\"kind\":\"Event\",\"x\":\"\xff\xfe\"}\n"); // invalid UTF-8
+    body.extend_from_slice(b"[1,2,3]\n"); // not an object
+    body.extend_from_slice(b"{\"a\":\"nul\x00byte\"}\n"); // NUL byte
+    body.extend_from_slice(deep.as_bytes());
+    body.extend_from_slice(b"\n\n   \n"); // empty lines
+    body.extend_from_slice(format!("{{\"big\":\"{}\"}}\n", "x".repeat(2 << 20)).as_bytes()); // over the 1 MiB limit
+    body.extend_from_slice(B.as_bytes());
+    body.extend_from_slice(b"\n{\"kind\":\"Ev"); // truncated last line, no newline yet
+    f.write_all(&body).unwrap();
+}
+
+#[test]
+fn invalid_lines_are_forwarded_raw_with_a_reason_by_default() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out.jsonl");
+    let (_rx, port) = receiver(&out, &[]);
+    let log = d.path().join("audit.log");
+    bad_log(&log);
+    let f = oneshot(
+        &log,
+        &d.path().join("state"),
+        port,
+        &["--set", "tail.max_line_bytes=1048576"],
+    );
+    let got: Vec<serde_json::Value> = read_lines(&out)
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(got.len(), 7, "{got:#?}");
+    assert_eq!(got[0]["auditID"], "a");
+    let reasons: Vec<String> = got[1..6]
+        .iter()
+        .map(|v| v["error"].as_str().unwrap().to_string())
+        .collect();
+    assert!(reasons[0].contains("invalid JSON"), "{reasons:?}");
+    assert!(reasons[1].contains("invalid UTF-8"), "{reasons:?}");
+    assert!(reasons[2].contains("not an object"), "{reasons:?}");
+    assert!(reasons[3].contains("control character"), "{reasons:?}");
+    assert!(reasons[4].contains("nested deeper"), "{reasons:?}");
+    assert_eq!(got[1]["log"], "{\"kind\":\"Event\", \"broken");
+    assert_eq!(
+        got[2]["log"], "{\"kind\":\"Event\",\"x\":\"\u{fffd}\u{fffd}\"}",
+        "invalid bytes become U+FFFD"
+    );
+    assert_eq!(got[6]["auditID"], "b");
+    let logs = f.all_logs();
+    assert!(
+        logs.contains("skipping a line longer than max_line_bytes"),
+        "{logs}"
+    );
+    assert!(logs.contains("the last line has no newline yet"), "{logs}");
+    assert!(
+        !logs.contains("nul\\u0000byte") && !logs.contains("broken"),
+        "event bodies must not be logged"
+    );
+}
+
+#[test]
+fn invalid_lines_can_be_dropped() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out.jsonl");
+    let (_rx, port) = receiver(&out, &[]);
+    let log = d.path().join("audit.log");
+    bad_log(&log);
+    oneshot(
+        &log,
+        &d.path().join("state"),
+        port,
+        &[
+            "--set",
+            "tail.max_line_bytes=1048576",
+            "--set",
+            "tail.on_invalid=\"drop\"",
+        ],
+    );
+    let got = read_lines(&out);
+    assert_eq!(got, vec![A.to_string(), B.to_string()]);
+}
+
+#[test]
+fn a_20_mb_line_over_the_default_limit_is_skipped_and_the_file_is_not_abandoned() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out.jsonl");
+    let (_rx, port) = receiver(&out, &[]);
+    let log = d.path().join("audit.log");
+    let mut f = std::fs::File::create(&log).unwrap();
+    writeln!(f, "{A}").unwrap();
+    writeln!(f, "{{\"big\":\"{}\"}}", "x".repeat(20 << 20)).unwrap();
+    writeln!(f, "{B}").unwrap();
+    drop(f);
+    let p = oneshot(&log, &d.path().join("state"), port, &[]);
+    assert_eq!(read_lines(&out), vec![A.to_string(), B.to_string()]);
+    assert!(p.all_logs().contains("max_line_bytes"));
+}
+
+#[test]
+fn a_5_mb_event_under_the_limit_passes_intact() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out.jsonl");
+    let (_rx, port) = receiver(&out, &[]);
+    let log = d.path().join("audit.log");
+    let big = format!(
+        "{{\"auditID\":\"big\",\"requestObject\":{{\"data\":\"{}\"}}}}",
+        "y".repeat(5 << 20)
+    );
+    std::fs::write(&log, format!("{A}\n{big}\n{B}\n")).unwrap();
+    oneshot(&log, &d.path().join("state"), port, &[]);
+    assert_eq!(read_lines(&out), vec![A.to_string(), big, B.to_string()]);
+}
+
+#[test]
+fn an_unterminated_last_line_of_a_rotated_file_is_final_and_forwarded() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out.jsonl");
+    let (_rx, port) = receiver(&out, &[]);
+    let log = d.path().join("audit.log");
+    let state = d.path().join("state");
+    std::fs::write(&log, format!("{A}\n")).unwrap();
+    oneshot(&log, &state, port, &[]);
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .unwrap()
+        .write_all(b"{\"auditID\":\"cut")
+        .unwrap();
+    std::fs::rename(&log, d.path().join("audit-2026-01-01T00-00-00.000.log")).unwrap();
+    std::fs::write(&log, format!("{B}\n")).unwrap();
+    oneshot(&log, &state, port, &[]);
+    let got = read_lines(&out);
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[0], A);
+    let raw: serde_json::Value = serde_json::from_str(&got[1]).unwrap();
+    assert_eq!(raw["log"], "{\"auditID\":\"cut");
+    assert_eq!(got[2], B);
+}
+
+#[test]
+fn empty_file_and_copytruncate() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out.jsonl");
+    let (_rx, port) = receiver(&out, &[]);
+    let log = d.path().join("audit.log");
+    let state = d.path().join("state");
+    std::fs::write(&log, "").unwrap();
+    oneshot(&log, &state, port, &[]);
+    assert!(read_lines(&out).is_empty());
+    std::fs::write(&log, format!("{A}\n{A}\n")).unwrap();
+    oneshot(&log, &state, port, &[]);
+    assert_eq!(read_lines(&out).len(), 2);
+    // copytruncate: the file is emptied in place and written again.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&log)
+        .unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .unwrap()
+        .write_all(format!("{B}\n").as_bytes())
+        .unwrap();
+    let f = oneshot(&log, &state, port, &[]);
+    assert_eq!(read_lines(&out).last().unwrap(), B);
+    assert!(f.all_logs().contains("truncated"), "{}", f.all_logs());
+}
+
+#[test]
+fn a_fifo_or_directory_at_the_path_is_reported_and_waited_out() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out.jsonl");
+    let (_rx, port) = receiver(&out, &[]);
+    let log = d.path().join("audit.log");
+    std::fs::create_dir(&log).unwrap();
+    let f = spawn_forward(&forward_args(&log, &d.path().join("state"), port));
+    f.wait_log("is not a regular file");
+    std::fs::remove_dir(&log).unwrap();
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&log)
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::fs::remove_file(&log).unwrap();
+    std::fs::write(&log, format!("{A}\n")).unwrap();
+    assert_eq!(wait_lines(&out, 1), vec![A.to_string()]);
+}
