@@ -50,8 +50,17 @@ impl NodeServer {
             }
         });
         let first = rx.recv_timeout(WAIT).expect("FluentServer did not start");
-        let port = first.strip_prefix("LISTENING ").expect("LISTENING line").trim().parse().unwrap();
-        NodeServer { child, lines: rx, port }
+        let port = first
+            .strip_prefix("LISTENING ")
+            .expect("LISTENING line")
+            .trim()
+            .parse()
+            .unwrap();
+        NodeServer {
+            child,
+            lines: rx,
+            port,
+        }
     }
 
     fn records(&self, n: usize) -> Vec<String> {
@@ -65,7 +74,10 @@ impl NodeServer {
             }
         }
         // Nothing more than n.
-        assert!(self.lines.recv_timeout(Duration::from_millis(300)).is_err(), "more records than sent");
+        assert!(
+            self.lines.recv_timeout(Duration::from_millis(300)).is_err(),
+            "more records than sent"
+        );
         v
     }
 }
@@ -92,7 +104,11 @@ fn our_forwarder_to_fluent_org_server_with_acks_plain_and_gzip() {
         api.rotate();
         api.write(200);
         let mut args = forward_args(&log, &d.path().join("state"), server.port);
-        args.extend(["--oneshot".into(), "--set".into(), "tail.start_at=\"oldest\"".into()]);
+        args.extend([
+            "--oneshot".into(),
+            "--set".into(),
+            "tail.start_at=\"oldest\"".into(),
+        ]);
         args.extend(["--set".into(), format!("output.gzip={gzip}")]);
         args.extend(["--set".into(), "output.max_batch_events=64".into()]);
         let mut f = spawn_forward(&args);
@@ -108,11 +124,27 @@ fn node_client(port: u16, mode: &str, file: &Path) {
     let dir = interop_dir();
     let out = Command::new("node")
         .arg(dir.join("fluent-client.js"))
-        .args(["--port", &port.to_string(), "--mode", mode, "--ack", "--batch", "7", "--time-field", "stageTimestamp", "--timeout", "30"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--mode",
+            mode,
+            "--ack",
+            "--batch",
+            "7",
+            "--time-field",
+            "stageTimestamp",
+            "--timeout",
+            "30",
+        ])
         .arg(file)
         .output()
         .expect("node");
-    assert!(out.status.success(), "fluent-client.js {mode}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "fluent-client.js {mode}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("SENT "));
 }
 
@@ -120,7 +152,11 @@ fn node_client(port: u16, mode: &str, file: &Path) {
 fn fluent_org_client_to_our_receiver_in_every_mode_with_acks() {
     let d = tempfile::tempdir().unwrap();
     let events = interop_dir().join("sample-events.jsonl");
-    let want: Vec<serde_json::Value> = std::fs::read_to_string(&events).unwrap().lines().map(json).collect();
+    let want: Vec<serde_json::Value> = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .map(json)
+        .collect();
     for mode in ["message", "forward", "packed", "compressed"] {
         let out = d.path().join(format!("{mode}.jsonl"));
         let (_rx, port) = receiver(&out, &[]);
@@ -135,17 +171,35 @@ fn fluent_org_client_to_our_receiver_in_every_mode_with_acks() {
 fn python_fluent_logger_to_our_receiver() {
     let d = tempfile::tempdir().unwrap();
     let events = interop_dir().join("sample-events.jsonl");
-    let want: Vec<serde_json::Value> = std::fs::read_to_string(&events).unwrap().lines().map(json).collect();
+    let want: Vec<serde_json::Value> = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .map(json)
+        .collect();
     let out = d.path().join("py.jsonl");
     let (_rx, port) = receiver(&out, &[]);
     let o = Command::new("python3")
         .arg(interop_dir().join("fluent_sender.py"))
-        .args(["--port", &port.to_string(), "--time-field", "stageTimestamp", "--timeout", "30"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--time-field",
+            "stageTimestamp",
+            "--timeout",
+            "30",
+        ])
         .arg(&events)
         .output()
         .expect("python3");
-    assert!(o.status.success(), "fluent_sender.py: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "fluent_sender.py: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     // Python's sender has no acks: wait for the lines (bounded).
-    let got: Vec<serde_json::Value> = wait_lines(&out, want.len()).iter().map(|l| json(l)).collect();
+    let got: Vec<serde_json::Value> = wait_lines(&out, want.len())
+        .iter()
+        .map(|l| json(l))
+        .collect();
     assert_eq!(got, want);
 }
