@@ -75,6 +75,9 @@ impl LineSink for Processor {
                     .as_deref()
                     .and_then(EventTime::parse_rfc3339)
                     .unwrap_or_else(EventTime::now);
+                if self.batcher.would_overflow(self.rec.len()) {
+                    self.flush()?;
+                }
                 self.batcher.push(t, &self.rec);
             }
             Err(e) => {
@@ -95,6 +98,9 @@ impl LineSink for Processor {
                         write_str(&mut self.rec, String::from_utf8_lossy(line).as_bytes());
                         write_str(&mut self.rec, b"error");
                         write_str(&mut self.rec, e.to_string().as_bytes());
+                        if self.batcher.would_overflow(self.rec.len()) {
+                            self.flush()?;
+                        }
                         self.batcher.push(EventTime::now(), &self.rec);
                     }
                 }

@@ -95,6 +95,13 @@ impl Batcher {
         }
     }
 
+    /// Would an entry with a record of `len` bytes push a non-empty batch
+    /// over `max_bytes`? (Seal first, so a chunk exceeds the limit only when a
+    /// single event does.)
+    pub fn would_overflow(&self, len: usize) -> bool {
+        self.events > 0 && self.buf.len() - self.entries_start + len + 11 > self.cfg.max_bytes
+    }
+
     /// Full, or the oldest entry has waited `flush_interval`.
     pub fn should_flush(&self) -> bool {
         self.events as usize >= self.cfg.max_events
