@@ -575,3 +575,123 @@ fn finish_container(out: &mut Vec<u8>, hdr: usize, count: u32, map: bool) -> usi
         4
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forward::protocol::reader::MsgReader;
+    use crate::forward::server::json::write_value;
+    use proptest::prelude::*;
+
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::Bool),
+            any::<i64>().prop_map(|v| v.into()),
+            any::<u64>().prop_map(|v| v.into()),
+            (-1e15f64..1e15).prop_map(|v| serde_json::json!(v)),
+            "\\PC{0,20}".prop_map(serde_json::Value::String),
+            any::<String>().prop_map(serde_json::Value::String),
+        ];
+        leaf.prop_recursive(6, 64, 20, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..20).prop_map(serde_json::Value::Array),
+                prop::collection::vec(("\\PC{0,8}", inner), 0..20)
+                    .prop_map(|kv| serde_json::Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn through(line: &[u8]) -> Result<serde_json::Value, JsonError> {
+        let mut mp = Vec::new();
+        Transcoder::default().encode(line, &mut mp)?;
+        let mut out = Vec::new();
+        write_value(&mut MsgReader::new(&mp), &mut out).expect("our msgpack is valid");
+        Ok(serde_json::from_slice(&out).expect("our JSON is valid"))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any JSON object survives JSON → msgpack → JSON unchanged.
+        #[test]
+        fn round_trip_equals_serde_json(m in prop::collection::vec(("\\PC{0,8}", json_value()), 0..24)) {
+            let v = serde_json::Value::Object(m.into_iter().collect());
+            let text = serde_json::to_string(&v).unwrap();
+            prop_assert_eq!(through(text.as_bytes()).unwrap(), v.clone());
+            let pretty = serde_json::to_string_pretty(&v).unwrap();
+            prop_assert_eq!(through(pretty.as_bytes()).unwrap(), v);
+        }
+
+        /// On arbitrary bytes it never panics, and accepts exactly what
+        /// serde_json accepts as an object (lone-surrogate escapes aside).
+        #[test]
+        fn agrees_with_serde_json_on_validity(bytes in prop::collection::vec(any::<u8>(), 0..64), prefix in "\\{\"[a-z]{0,3}\":") {
+            let mut line = prefix.into_bytes();
+            line.extend_from_slice(&bytes);
+            let ours = through(&line);
+            let theirs = serde_json::from_slice::<serde_json::Value>(&line);
+            match (&ours, &theirs) {
+                (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+                (Err(_), Err(_)) => {}
+                (Err(JsonError::NotObject), Ok(v)) => prop_assert!(!v.is_object()),
+                _ => prop_assert!(false, "disagree on {:?}: ours {:?} serde {:?}", String::from_utf8_lossy(&line), ours, theirs.map(|_| ())),
+            }
+        }
+
+        /// The frame measurer and the message decoder never panic on garbage.
+        #[test]
+        fn receiver_decoding_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = crate::forward::protocol::frame::measure(&bytes, 1 << 20);
+            let mut out = Vec::new();
+            let _ = crate::forward::server::message::decode(&bytes, 1 << 20, &mut out);
+        }
+    }
+
+    #[test]
+    fn extracts_policy_fields_and_top_level_spans() {
+        let line = br#"{"level":"RequestResponse","auditID":"x","verb":"create","requestURI":"/api/v1/namespaces/a/pods?x=1\u0026y=2","user":{"username":"alice","groups":["g1","g2"]},"objectRef":{"resource":"pods","namespace":"a","apiVersion":"v1"},"requestObject":{"big":1},"responseObject":[1],"stage":"ResponseComplete","stageTimestamp":"2026-01-01T00:00:00.000001Z"}"#;
+        let mut t = Transcoder::default();
+        let mut out = Vec::new();
+        let f = t.encode(line, &mut out).unwrap();
+        assert_eq!(f.verb.as_deref(), Some("create"));
+        assert_eq!(
+            f.request_uri.as_deref(),
+            Some("/api/v1/namespaces/a/pods?x=1&y=2")
+        );
+        assert_eq!(f.username.as_deref(), Some("alice"));
+        assert_eq!(f.groups, vec!["g1", "g2"]);
+        let o = f.object_ref.unwrap();
+        assert_eq!(
+            (
+                o.resource.as_ref(),
+                o.namespace.as_ref(),
+                o.api_group.as_ref()
+            ),
+            ("pods", "a", "")
+        );
+        let keys: Vec<TopKey> = t.top.iter().map(|e| e.key).collect();
+        assert_eq!(keys[0], TopKey::Level);
+        assert!(keys.contains(&TopKey::RequestObject) && keys.contains(&TopKey::ResponseObject));
+        // Each recorded span holds exactly one key and one value.
+        for e in &t.top {
+            let mut r = MsgReader::new(&out[e.span.clone()]);
+            r.skip_value().unwrap();
+            r.skip_value().unwrap();
+            assert!(r.is_empty());
+        }
+    }
+
+    #[test]
+    fn empty_user_means_no_user() {
+        let mut out = Vec::new();
+        let f = Transcoder::default()
+            .encode(br#"{"user":{},"verb":"get"}"#, &mut out)
+            .unwrap();
+        assert_eq!(f.username, None);
+        let f = Transcoder::default()
+            .encode(br#"{"user":{"username":""}}"#, &mut out)
+            .unwrap();
+        assert_eq!(f.username, None);
+    }
+}

@@ -1,0 +1,151 @@
+//! The receiver against hostile or broken clients: each case closes that
+//! connection only, and the receiver keeps serving others.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+/// A valid Message-mode message with a chunk id: [tag, time, {"k": v}, {"chunk": id}].
+fn message(v: u8, chunk: &str) -> Vec<u8> {
+    let mut f = vec![0x94, 0xa1, b't', 0x05, 0x81, 0xa1, b'k', v, 0x81, 0xa5];
+    f.extend_from_slice(b"chunk");
+    f.push(0xa0 | chunk.len() as u8);
+    f.extend_from_slice(chunk.as_bytes());
+    f
+}
+
+fn connect(port: u16) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s
+}
+
+/// Sends a message and reads its ack.
+fn send_acked(port: u16, v: u8, chunk: &str) {
+    let mut s = connect(port);
+    s.write_all(&message(v, chunk)).unwrap();
+    let mut ack = vec![0u8; 6 + chunk.len()];
+    s.read_exact(&mut ack).unwrap();
+    assert_eq!(&ack[..5], b"\x81\xa3ack");
+    assert_eq!(&ack[6..], chunk.as_bytes());
+}
+
+/// Reads until the server closes the connection (bounded by WAIT).
+fn closed_by_server(mut s: TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn garbage_bombs_and_idle_clients_close_their_connection_only() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out.jsonl");
+    let (rx, port) = receiver(
+        &out,
+        &[
+            "--set",
+            "receive.max_frame_bytes=1048576",
+            "--set",
+            "receive.idle_timeout=\"1s\"",
+        ],
+    );
+
+    // Garbage bytes (the reserved msgpack marker 0xc1).
+    let mut s = connect(port);
+    s.write_all(b"\xc1GET / HTTP/1.1\r\n\r\n").unwrap();
+    assert!(closed_by_server(s));
+    rx.wait_log("reserved marker");
+
+    // A msgpack bomb: a bin32 declaring 4 GiB, refused from its header.
+    let mut s = connect(port);
+    s.write_all(&[0x93, 0xa1, b't', 0xc6, 0xff, 0xff, 0xff, 0xff])
+        .unwrap();
+    assert!(closed_by_server(s));
+    rx.wait_log("frame larger than the limit");
+
+    // An array32 declaring 4 billion entries.
+    let mut s = connect(port);
+    s.write_all(&[0xdd, 0xff, 0xff, 0xff, 0xff]).unwrap();
+    assert!(closed_by_server(s));
+
+    // Not a Forward message (a bare integer).
+    let mut s = connect(port);
+    s.write_all(&[0x07]).unwrap();
+    assert!(closed_by_server(s));
+    rx.wait_log("not a Forward message");
+
+    // A client that connects and never speaks is closed after idle_timeout.
+    let s = connect(port);
+    assert!(closed_by_server(s));
+    rx.wait_log("idle for");
+
+    // Through all of that, valid clients are served.
+    send_acked(port, 1, "c1");
+    assert_eq!(read_lines(&out), vec!["{\"k\":1}".to_string()]);
+}
+
+#[test]
+fn hundreds_of_idle_connections_do_not_block_a_real_client() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out.jsonl");
+    let (_rx, port) = receiver(&out, &[]);
+    let idle: Vec<TcpStream> = (0..500).map(|_| connect(port)).collect();
+    send_acked(port, 2, "c2");
+    assert_eq!(read_lines(&out), vec!["{\"k\":2}".to_string()]);
+    drop(idle);
+}
+
+#[test]
+fn connections_over_the_limit_are_refused_and_counted() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out.jsonl");
+    let (rx, port) = receiver(&out, &["--set", "receive.max_connections=2"]);
+    let a = connect(port);
+    let b = connect(port);
+    // Make sure both are accepted before the third one.
+    let mut a2 = a.try_clone().unwrap();
+    a2.write_all(&[0xc0]).unwrap(); // heartbeat
+    let mut b2 = b.try_clone().unwrap();
+    b2.write_all(&[0xc0]).unwrap();
+    let c = connect(port);
+    rx.wait_log("max_connections reached");
+    assert!(closed_by_server(c));
+    drop((a, b));
+}
+
+#[test]
+fn a_resent_chunk_is_acked_again_but_written_once() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out.jsonl");
+    let (_rx, port) = receiver(&out, &[]);
+    send_acked(port, 3, "same-id");
+    send_acked(port, 3, "same-id");
+    send_acked(port, 4, "other");
+    assert_eq!(
+        read_lines(&out),
+        vec!["{\"k\":3}".to_string(), "{\"k\":4}".to_string()]
+    );
+}
+
+#[test]
+fn a_connection_closed_mid_message_writes_nothing_from_it() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out.jsonl");
+    let (rx, port) = receiver(&out, &[]);
+    let mut s = connect(port);
+    let m = message(5, "half");
+    s.write_all(&m[..m.len() / 2]).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    rx.wait_log("closed in the middle of a message");
+    send_acked(port, 6, "after");
+    assert_eq!(read_lines(&out), vec!["{\"k\":6}".to_string()]);
+}
