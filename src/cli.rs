@@ -32,6 +32,21 @@ pub enum Command {
     Check(ConfigArgs),
     /// Show the whole relay working on loopback with generated events.
     Demo(DemoArgs),
+    /// Work with audit policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Print the decision (level, rule index, action) for each event of a JSON-lines file or stdin.
+    Eval {
+        /// A preset (`metadata`, `minimal`, `recommended`) or a policy file.
+        #[arg(long)]
+        policy: String,
+        /// Events, one JSON object per line (default: stdin).
+        file: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args, Clone, Default)]

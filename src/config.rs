@@ -93,6 +93,16 @@ impl Default for TailSection {
 pub struct OutputSection {
     /// Names the output in metrics, logs and its checkpoint file.
     pub name: String,
+    /// Where events go: a Forward server, or JSON lines on stdout or a file.
+    #[serde(rename = "type")]
+    pub kind: OutputKind,
+    /// With `type = "file"`: the file to append JSON lines to.
+    pub path: Option<PathBuf>,
+    /// Audit Policy of this output: a preset (`metadata`, `minimal`,
+    /// `recommended`) or a policy file. Unset: every event, unchanged.
+    pub policy: Option<String>,
+    /// A policy file (alternative to `policy`).
+    pub policy_file: Option<PathBuf>,
     /// Forward tag of every event.
     pub tag: String,
     pub host: String,
@@ -128,6 +138,10 @@ impl Default for OutputSection {
     fn default() -> Self {
         OutputSection {
             name: "default".into(),
+            kind: OutputKind::Forward,
+            path: None,
+            policy: None,
+            policy_file: None,
             tag: "audit".into(),
             host: "127.0.0.1".into(),
             port: 24224,
@@ -148,7 +162,25 @@ impl Default for OutputSection {
     }
 }
 
+/// Destination type of an output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputKind {
+    Forward,
+    Stdout,
+    File,
+}
+
 impl OutputSection {
+    /// The policy spec (preset name or file), if any.
+    pub fn policy_spec(&self) -> Option<String> {
+        self.policy.clone().or_else(|| {
+            self.policy_file
+                .as_ref()
+                .map(|p| p.to_string_lossy().into_owned())
+        })
+    }
+
     /// Upper bound of bytes this output holds between reader and wire,
     /// not counting a single event larger than a batch.
     pub fn buffer_bound(&self) -> usize {
@@ -303,6 +335,14 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
                 "outputs[{i}].gzip_level: {} is not in 0..=9",
                 o.gzip_level
             ));
+        }
+        if o.policy.is_some() && o.policy_file.is_some() {
+            errs.push(format!(
+                "outputs[{i}]: set either policy or policy_file, not both"
+            ));
+        }
+        if o.kind == OutputKind::File && o.path.is_none() {
+            errs.push(format!("outputs[{i}].path: required with type = \"file\""));
         }
         if o.tag.is_empty() {
             errs.push(format!("outputs[{i}].tag: must not be empty"));

@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod filter;
 pub mod forward;
 pub mod logging;
 pub mod metrics;

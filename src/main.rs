@@ -1,5 +1,5 @@
 use anyhow::Context;
-use audit_forwarder::cli::{Cli, Command};
+use audit_forwarder::cli::{Cli, Command, PolicyCommand};
 use audit_forwarder::config::{self, Config};
 use audit_forwarder::forward::server::{Output, Server, ServerConfig};
 use audit_forwarder::metrics::Metrics;
@@ -118,20 +118,62 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             server.serve(signals()).await;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check(a) => match config::load(a.config.as_deref(), &a.set) {
-            Ok(cfg) => {
+        Command::Check(a) => {
+            let cfg = match config::load(a.config.as_deref(), &a.set) {
+                Ok(cfg) => cfg,
+                Err(e) => {
+                    eprintln!("configuration invalid: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let problems: Vec<String> = cfg
+                .outputs
+                .iter()
+                .filter_map(|o| pipeline::load_policy(o).err().map(|e| e.to_string()))
+                .collect();
+            if problems.is_empty() {
                 println!(
                     "configuration OK: {} output(s), tail.path = {}",
                     cfg.outputs.len(),
                     cfg.tail.path.display()
                 );
                 Ok(ExitCode::SUCCESS)
-            }
-            Err(e) => {
-                eprintln!("configuration invalid: {e}");
+            } else {
+                for p in problems {
+                    eprintln!("configuration invalid: {p}");
+                }
                 Ok(ExitCode::from(2))
             }
-        },
+        }
+        Command::Policy(PolicyCommand::Eval { policy, file }) => {
+            logging::init(
+                cli.log_level.as_deref().unwrap_or("warn"),
+                cli.log_format.unwrap_or(logging::LogFormat::Text),
+            );
+            let p = audit_forwarder::filter::policy::Policy::load(policy)?;
+            for w in p.warnings() {
+                eprintln!("warning: {w}");
+            }
+            let input: Box<dyn std::io::BufRead> = match file {
+                Some(f) => Box::new(std::io::BufReader::new(
+                    std::fs::File::open(f).with_context(|| f.display().to_string())?,
+                )),
+                None => Box::new(std::io::stdin().lock()),
+            };
+            let mut out = std::io::stdout().lock();
+            for line in std::io::BufRead::split(input, b'\n') {
+                let line = line?;
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                let v = audit_forwarder::filter::apply::explain(&p, &line);
+                match std::io::Write::write_all(&mut out, format!("{v}\n").as_bytes()) {
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break,
+                    r => r?,
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo(a) => {
             logging::init(
                 cli.log_level.as_deref().unwrap_or("warn"),

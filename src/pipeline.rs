@@ -6,9 +6,11 @@
 //! tokio:       Client (send, acks) ──watermark──► checkpoint task ──► state_dir/checkpoint-<output>.json
 //! ```
 
-use crate::config::{Config, OutputSection};
+use crate::config::{Config, OutputKind, OutputSection};
+use crate::filter::policy::Policy;
 use crate::forward::batch::{BatchConfig, Batcher};
 use crate::forward::client::{Client, ClientConfig, ClientEnd};
+use crate::forward::server::Output;
 use crate::metrics::{Metrics, OutputMetrics};
 use crate::process::Processor;
 use crate::source::checkpoint::{Checkpoint, CheckpointError};
@@ -28,6 +30,11 @@ pub enum PipelineError {
     StateDir {
         path: PathBuf,
         source: std::io::Error,
+    },
+    #[error("output {output:?}: {source}")]
+    Policy {
+        output: String,
+        source: crate::filter::policy::PolicyError,
     },
     #[error("starting the tail thread: {0}")]
     Thread(std::io::Error),
@@ -76,6 +83,21 @@ pub async fn run(
     Ok(reports)
 }
 
+/// Loads an output's policy (preset or file), logging lenient-decoding warnings.
+pub fn load_policy(o: &OutputSection) -> Result<Option<Policy>, PipelineError> {
+    let Some(spec) = o.policy_spec() else {
+        return Ok(None);
+    };
+    let p = Policy::load(&spec).map_err(|source| PipelineError::Policy {
+        output: o.name.clone(),
+        source,
+    })?;
+    for w in p.warnings() {
+        warn!(output = %o.name, policy = %spec, "{w}");
+    }
+    Ok(Some(p))
+}
+
 /// Starts one output's pipeline; the returned future completes when it ends.
 fn output(
     cfg: &Config,
@@ -86,6 +108,7 @@ fn output(
 ) -> Result<impl Future<Output = Report> + use<>, PipelineError> {
     let cp_path = cfg.state_dir.join(format!("checkpoint-{}.json", o.name));
     let resume = Checkpoint::load(&cp_path)?;
+    let policy = load_policy(o)?;
     let (chunk_tx, chunk_rx) = mpsc::channel(o.max_pending_chunks);
     let (wm_tx, mut wm_rx) = watch::channel::<Option<Position>>(None);
     let (conn_tx, _conn_rx) = watch::channel(false);
@@ -113,6 +136,7 @@ fn output(
             flush_interval: o.flush_interval,
             gzip: o.gzip.then_some(o.gzip_level),
         }),
+        policy,
         chunk_tx,
         cfg.tail.on_invalid,
         m.clone(),
@@ -139,6 +163,11 @@ fn output(
             max_in_flight: o.max_in_flight,
             retry_min: o.retry_min,
             retry_max: o.retry_max,
+            local: match o.kind {
+                OutputKind::Forward => None,
+                OutputKind::Stdout => Some(Output::Stdout),
+                OutputKind::File => o.path.clone().map(Output::File),
+            },
         },
         m.clone(),
         chunk_rx,

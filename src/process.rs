@@ -4,6 +4,8 @@
 //! buffer).
 
 use crate::config::OnInvalid;
+use crate::filter::apply::{self, Outcome};
+use crate::filter::policy::Policy;
 use crate::forward::batch::{Batcher, Chunk};
 use crate::forward::encode::Transcoder;
 use crate::forward::protocol::{EventTime, write_str};
@@ -17,6 +19,8 @@ use tracing::warn;
 pub struct Processor {
     transcoder: Transcoder,
     rec: Vec<u8>,
+    rewritten: Vec<u8>,
+    policy: Option<Policy>,
     batcher: Batcher,
     tx: mpsc::Sender<Chunk>,
     on_invalid: OnInvalid,
@@ -27,6 +31,7 @@ pub struct Processor {
 impl Processor {
     pub fn new(
         batcher: Batcher,
+        policy: Option<Policy>,
         tx: mpsc::Sender<Chunk>,
         on_invalid: OnInvalid,
         m: OutputMetrics,
@@ -34,6 +39,8 @@ impl Processor {
         Processor {
             transcoder: Transcoder::default(),
             rec: Vec::with_capacity(16 * 1024),
+            rewritten: Vec::with_capacity(16 * 1024),
+            policy,
             batcher,
             tx,
             on_invalid,
@@ -43,12 +50,7 @@ impl Processor {
     }
 
     fn flush(&mut self) -> Result<(), Stopped> {
-        if let Some(c) = self.batcher.take() {
-            self.m
-                .set_buffered(self.m.buffered_bytes.get() + c.payload.len() as i64);
-            self.tx.blocking_send(c).map_err(|_| Stopped)?;
-        }
-        Ok(())
+        seal(&mut self.batcher, &self.tx, &self.m)
     }
 
     fn maybe_flush(&mut self) -> Result<(), Stopped> {
@@ -58,6 +60,16 @@ impl Processor {
             Ok(())
         }
     }
+}
+
+/// Seals the current batch and hands it to the connection task, blocking
+/// while its queue is full.
+fn seal(batcher: &mut Batcher, tx: &mpsc::Sender<Chunk>, m: &OutputMetrics) -> Result<(), Stopped> {
+    if let Some(c) = batcher.take() {
+        m.set_buffered(m.buffered_bytes.get() + c.payload.len() as i64);
+        tx.blocking_send(c).map_err(|_| Stopped)?;
+    }
+    Ok(())
 }
 
 impl LineSink for Processor {
@@ -75,10 +87,29 @@ impl LineSink for Processor {
                     .as_deref()
                     .and_then(EventTime::parse_rfc3339)
                     .unwrap_or_else(EventTime::now);
-                if self.batcher.would_overflow(self.rec.len()) {
-                    self.flush()?;
+                let outcome = match &self.policy {
+                    Some(p) => apply::apply(
+                        p,
+                        &fields,
+                        &self.transcoder.top,
+                        &self.rec,
+                        &mut self.rewritten,
+                    ),
+                    None => Outcome::Keep,
+                };
+                let record = match outcome {
+                    Outcome::Drop => {
+                        self.m.dropped("policy", 1);
+                        self.batcher.advance(file, end);
+                        return self.maybe_flush();
+                    }
+                    Outcome::Keep => &self.rec,
+                    Outcome::Rewritten => &self.rewritten,
+                };
+                if self.batcher.would_overflow(record.len()) {
+                    seal(&mut self.batcher, &self.tx, &self.m)?;
                 }
-                self.batcher.push(t, &self.rec);
+                self.batcher.push(t, record);
             }
             Err(e) => {
                 let reason = e.reason();

@@ -30,6 +30,8 @@ pub struct ClientConfig {
     pub max_in_flight: usize,
     pub retry_min: Duration,
     pub retry_max: Duration,
+    /// Write JSON lines locally (stdout or a file) instead of forwarding.
+    pub local: Option<crate::forward::server::Output>,
 }
 
 impl ClientConfig {
@@ -155,6 +157,9 @@ impl Client {
 
     /// Runs until the input is closed and drained, or shutdown.
     pub async fn run(mut self) -> ClientEnd {
+        if let Some(out) = self.cfg.local.clone() {
+            return self.run_local(out).await;
+        }
         let mut backoff = Backoff {
             min: self.cfg.retry_min,
             max: self.cfg.retry_max,
@@ -190,6 +195,48 @@ impl Client {
                     }
                 }
             }
+        }
+    }
+
+    /// Local destination: decode each chunk back to JSON lines, write and
+    /// flush them, and count that as the acknowledgement.
+    async fn run_local(mut self, out: crate::forward::server::Output) -> ClientEnd {
+        let writer = match crate::forward::server::Writer::start(out) {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(error = %e, "cannot open the output");
+                return ClientEnd::Shutdown { unacked: 0 };
+            }
+        };
+        let mut sd = self.shutdown.clone();
+        loop {
+            let c = tokio::select! {
+                c = self.rx.recv() => c,
+                _ = crate::stopped(&mut sd) => return ClientEnd::Shutdown { unacked: 0 },
+            };
+            let Some(c) = c else {
+                return ClientEnd::Drained;
+            };
+            if !c.payload.is_empty() {
+                let mut lines = Vec::with_capacity(c.payload.len() * 2);
+                if let Err(e) =
+                    crate::forward::server::message::decode(&c.payload, usize::MAX, &mut lines)
+                {
+                    warn!(error = %e, "internal: cannot decode an own chunk");
+                }
+                if let Err(e) = writer.write(lines).await {
+                    warn!(error = %e, "writing the output failed; stopping this output");
+                    return ClientEnd::Shutdown { unacked: 1 };
+                }
+                self.m.chunks_sent.inc();
+                self.m.events_sent.inc_by(c.events);
+                self.m.events_acked.inc_by(c.events);
+            }
+            self.queue.push_back(Slot {
+                chunk: c,
+                state: State::Acked,
+            });
+            self.advance();
         }
     }
 

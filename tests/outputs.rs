@@ -1,0 +1,232 @@
+//! Several outputs with their own policies from one audit log.
+
+mod common;
+
+use audit_forwarder::filter::apply::{Outcome, apply};
+use audit_forwarder::filter::policy::Policy;
+use audit_forwarder::forward::encode::Transcoder;
+use audit_forwarder::forward::protocol::reader::MsgReader;
+use audit_forwarder::forward::server::json::write_value;
+use audit_forwarder::synth::Mix;
+use common::*;
+
+/// What an output with `policy` must deliver for `lines`, as JSON lines.
+fn expected(policy: &str, lines: &[String]) -> Vec<String> {
+    let p = Policy::load(policy).unwrap();
+    let mut t = Transcoder::default();
+    let mut out = Vec::new();
+    for l in lines {
+        let mut rec = Vec::new();
+        let f = t.encode(l.as_bytes(), &mut rec).unwrap();
+        let mut rw = Vec::new();
+        let bytes = match apply(&p, &f, &t.top, &rec, &mut rw) {
+            Outcome::Drop => continue,
+            Outcome::Keep => rec,
+            Outcome::Rewritten => rw,
+        };
+        let mut j = Vec::new();
+        write_value(&mut MsgReader::new(&bytes), &mut j).unwrap();
+        out.push(String::from_utf8(j).unwrap());
+    }
+    out
+}
+
+#[test]
+fn two_outputs_get_their_own_slices_and_a_dead_one_does_not_stall_the_other() {
+    let d = tempfile::tempdir().unwrap();
+    let out_a = d.path().join("owner.jsonl");
+    let out_b = d.path().join("security.jsonl");
+    let (mut rx_a, port_a) = receiver(&out_a, &[]);
+    let (_rx_b, port_b) = receiver(&out_b, &[]);
+    let log = d.path().join("audit.log");
+    let cfg = d.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+state_dir = "{state}"
+[tail]
+path = "{log}"
+poll_interval = "20ms"
+[[outputs]]
+name = "owner"
+policy = "minimal"
+port = {port_a}
+retry_min = "20ms"
+retry_max = "100ms"
+[[outputs]]
+name = "security"
+policy = "metadata"
+port = {port_b}
+"#,
+            state = d.path().join("state").display(),
+            log = log.display()
+        ),
+    )
+    .unwrap();
+    let mut api = ApiServerLog::new(&log, 21, Mix::Realistic);
+    let f = Proc::spawn(&["forward", "--config", cfg.to_str().unwrap()], &[]);
+    api.write(1500);
+    let want_a = expected("minimal", &api.written);
+    let want_b = expected("metadata", &api.written);
+    assert!(
+        want_a.len() < api.written.len() / 2,
+        "minimal keeps a small slice ({})",
+        want_a.len()
+    );
+    assert_eq!(want_b.len(), api.written.len());
+    assert_eq!(wait_lines(&out_a, want_a.len()), want_a);
+    assert_eq!(wait_lines(&out_b, want_b.len()), want_b);
+
+    // The owner's receiver dies; the security output keeps flowing.
+    rx_a.kill9();
+    api.write(1500);
+    let want_b = expected("metadata", &api.written);
+    assert_eq!(wait_lines(&out_b, want_b.len()), want_b);
+
+    // The owner's receiver comes back on its port: nothing was lost for it.
+    let (_rx_a2, _) = receiver_on(&format!("127.0.0.1:{port_a}"), &out_a, &[]);
+    let want_a = expected("minimal", &api.written);
+    let got_a = wait_lines(&out_a, want_a.len());
+    assert_eq!(got_a, want_a);
+    drop(f);
+}
+
+#[test]
+fn stdout_and_file_destinations_write_json_lines() {
+    let d = tempfile::tempdir().unwrap();
+    let log = d.path().join("audit.log");
+    let file = d.path().join("copy.jsonl");
+    let mut api = ApiServerLog::new(&log, 22, Mix::Metadata);
+    api.write(200);
+    let mut f = Proc::spawn(
+        &[
+            "forward",
+            "--oneshot",
+            "--path",
+            log.to_str().unwrap(),
+            "--state-dir",
+            d.path().join("s").to_str().unwrap(),
+            "--set",
+            "output.type=\"file\"",
+            "--set",
+            &format!("output.path={:?}", file.to_str().unwrap()),
+        ],
+        &[],
+    );
+    assert_eq!(f.wait_exit(), 0, "{}", f.all_logs());
+    assert_eq!(read_lines(&file), api.written);
+}
+
+#[test]
+fn policy_eval_prints_a_decision_per_event() {
+    let d = tempfile::tempdir().unwrap();
+    let log = d.path().join("events.jsonl");
+    let mut api = ApiServerLog::new(&log, 23, Mix::Metadata);
+    api.write(50);
+    let o = std::process::Command::new(BIN)
+        .args([
+            "policy",
+            "eval",
+            "--policy",
+            "minimal",
+            log.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 50);
+    for (l, w) in lines.iter().zip(&api.written) {
+        assert_eq!(l["auditID"].as_str().unwrap(), audit_id(w));
+        let action = l["action"].as_str().unwrap();
+        assert!(
+            ["keep", "drop", "lower level", "drop (omitted stage)"].contains(&action),
+            "{l}"
+        );
+    }
+    let o = std::process::Command::new(BIN)
+        .args(["policy", "eval", "--policy", "no-such-file.yaml"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no-such-file.yaml"));
+}
+
+#[test]
+fn check_reports_every_problem() {
+    let d = tempfile::tempdir().unwrap();
+    let bad_policy = d.path().join("p.yaml");
+    std::fs::write(
+        &bad_policy,
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: Loud\n",
+    )
+    .unwrap();
+    let cases: Vec<(String, &str)> = vec![
+        ("[tail]\npaht = \"/x\"\n".into(), "paht"),
+        ("[[outputs]]\nname = \"a b\"\n".into(), "outputs[0].name"),
+        ("[[outputs]]\ntype = \"file\"\n".into(), "outputs[0].path"),
+        (
+            "[[outputs]]\npolicy = \"nosuchpreset\"\n".into(),
+            "nosuchpreset",
+        ),
+        (
+            format!(
+                "[[outputs]]\npolicy_file = {:?}\n",
+                bad_policy.to_str().unwrap()
+            ),
+            "rules[0].level",
+        ),
+        (
+            "[[outputs]]\nack_timeout = \"soon\"\n".into(),
+            "ack_timeout",
+        ),
+    ];
+    for (text, needle) in cases {
+        let p = d.path().join("c.toml");
+        std::fs::write(&p, &text).unwrap();
+        let o = std::process::Command::new(BIN)
+            .args(["check", "--config", p.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{text}: {err}");
+        assert!(err.contains(needle), "{text}: expected {needle:?} in {err}");
+    }
+    let p = d.path().join("ok.toml");
+    std::fs::write(&p, "[[outputs]]\npolicy = \"recommended\"\n").unwrap();
+    let o = std::process::Command::new(BIN)
+        .args(["check", "--config", p.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn env_vars_override_the_file_and_flags_override_env() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("c.toml");
+    std::fs::write(&p, "[tail]\npath = \"/from/file\"\n").unwrap();
+    let run = |env: &[(&str, &str)], args: &[&str]| {
+        let mut c = std::process::Command::new(BIN);
+        c.args(["check", "--config", p.to_str().unwrap()])
+            .args(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        String::from_utf8(c.output().unwrap().stdout).unwrap()
+    };
+    assert!(run(&[], &[]).contains("/from/file"));
+    assert!(run(&[("AUDIT_TAIL__PATH", "/from/env")], &[]).contains("/from/env"));
+    assert!(
+        run(
+            &[("AUDIT_TAIL__PATH", "/from/env")],
+            &["--set", "tail.path=\"/from/flag\""]
+        )
+        .contains("/from/flag")
+    );
+}
