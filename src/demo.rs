@@ -1,13 +1,18 @@
-//! `audit-forwarder demo`: the main job on loopback, no setup. Writes
-//! generated audit events into a temporary audit log (rotating it half way),
-//! runs a receiver and a forwarder, and shows what arrived.
+//! `audit-forwarder demo`: the main job on loopback, no setup. Two receivers
+//! play two consumers in the cluster; one forwarder with two outputs follows
+//! a temporary audit log while "kube-apiserver" writes and rotates it:
+//!
+//! - `security`: policy preset `metadata` (everything, bodies removed);
+//! - `owner`: policy preset `minimal` (pod/deployment changes with bodies,
+//!   exec, secrets metadata; no read-only noise).
 
-use crate::config::{Config, OutputSection};
+use crate::config::{Config, OutputSection, TailSection};
 use crate::forward::server::{Output, Server, ServerConfig};
 use crate::metrics::Metrics;
 use crate::pipeline::{self, PipelineError};
 use crate::synth::{Generator, Mix};
 use std::collections::HashSet;
+use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -21,13 +26,11 @@ pub enum DemoError {
     Failed(String),
 }
 
-pub async fn run(events: usize, show: usize) -> Result<(), DemoError> {
-    let dir = tempfile::tempdir()?;
-    let log = dir.path().join("audit.log");
-    let received = dir.path().join("received.jsonl");
-    let (sd_tx, sd_rx) = watch::channel(false);
-    let metrics = Metrics::new();
-
+async fn receiver(
+    out: &Path,
+    metrics: &Metrics,
+    sd: watch::Receiver<bool>,
+) -> Result<(u16, tokio::task::JoinHandle<()>), DemoError> {
     let server = Server::bind(
         ServerConfig {
             listen: "127.0.0.1:0".into(),
@@ -36,27 +39,70 @@ pub async fn run(events: usize, show: usize) -> Result<(), DemoError> {
             max_connections: 16,
             idle_timeout: Duration::from_secs(60),
             dedupe_window: 4096,
-            output: Output::File(received.clone()),
+            output: Output::File(out.to_path_buf()),
         },
         metrics.receiver(),
     )
     .await?;
     let port = server.local_addr()?.port();
-    let srv = tokio::spawn(server.serve(sd_rx.clone()));
+    Ok((port, tokio::spawn(server.serve(sd))))
+}
 
-    // The forwarder follows the log while the "apiserver" writes it.
+/// Shortens long strings so an event fits on a screen.
+fn abbreviate(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::String(s) if s.chars().count() > 60 => {
+            let n = s.chars().count();
+            *s = format!("{}… ({n} chars)", s.chars().take(40).collect::<String>());
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(abbreviate),
+        serde_json::Value::Object(o) => o.values_mut().for_each(abbreviate),
+        _ => {}
+    }
+}
+
+fn read_json_lines(p: &Path) -> Result<Vec<serde_json::Value>, DemoError> {
+    std::fs::read_to_string(p)?
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l)
+                .map_err(|e| DemoError::Failed(format!("receiver wrote invalid JSON: {e}")))
+        })
+        .collect()
+}
+
+pub async fn run(events: usize, show: usize) -> Result<(), DemoError> {
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("audit.log");
+    let (sd_tx, sd_rx) = watch::channel(false);
+    let metrics = Metrics::new();
+    let sec_out = dir.path().join("security.jsonl");
+    let own_out = dir.path().join("owner.jsonl");
+    let (sec_port, sec_srv) = receiver(&sec_out, &metrics, sd_rx.clone()).await?;
+    let (own_port, own_srv) = receiver(&own_out, &metrics, sd_rx.clone()).await?;
+
     std::fs::File::create(&log)?;
     let cfg = Config {
         state_dir: dir.path().join("state"),
-        tail: crate::config::TailSection {
+        tail: TailSection {
             path: log.clone(),
             poll_interval: Duration::from_millis(50),
             ..Default::default()
         },
-        outputs: vec![OutputSection {
-            port,
-            ..Default::default()
-        }],
+        outputs: vec![
+            OutputSection {
+                name: "security".into(),
+                port: sec_port,
+                policy: Some("metadata".into()),
+                ..Default::default()
+            },
+            OutputSection {
+                name: "owner".into(),
+                port: own_port,
+                policy: Some("minimal".into()),
+                ..Default::default()
+            },
+        ],
         ..Default::default()
     };
     let (fwd_tx, fwd_rx) = watch::channel(false);
@@ -66,8 +112,8 @@ pub async fn run(events: usize, show: usize) -> Result<(), DemoError> {
         tokio::spawn(async move { pipeline::run(&cfg, false, &metrics, fwd_rx).await })
     };
 
-    // The apiserver's side: write, rotate half way (as lumberjack does), write on.
-    let mut synth = Generator::new(42, Mix::Metadata);
+    // kube-apiserver's side: write, rotate half way (as lumberjack does), write on.
+    let mut synth = Generator::new(42, Mix::Realistic);
     let mut ids = Vec::with_capacity(events);
     let mut f = std::fs::OpenOptions::new().append(true).open(&log)?;
     for i in 0..events {
@@ -84,68 +130,76 @@ pub async fn run(events: usize, show: usize) -> Result<(), DemoError> {
     }
     drop(f);
     println!(
-        "wrote {events} audit events to {} and rotated it half way, as kube-apiserver does",
+        "kube-apiserver (simulated) wrote {events} audit events to {}, rotating it half way",
         log.display()
     );
 
-    // Wait (bounded) until the receiver acknowledged all of them.
-    let acked = metrics.output("default").events_acked;
+    // Wait (bounded) until both outputs accounted for every line.
+    let outs = [metrics.output("security"), metrics.output("owner")];
+    let done = |m: &crate::metrics::OutputMetrics| {
+        m.events_acked.get() + m.dropped_count("policy") >= events as u64
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
-    while acked.get() < events as u64 && Instant::now() < deadline {
+    while !outs.iter().all(done) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let took = t0.elapsed();
     let _ = fwd_tx.send(true);
     let reports = fwd.await.map_err(|e| DemoError::Failed(e.to_string()))??;
     let _ = sd_tx.send(true);
-    let _ = srv.await;
+    let _ = sec_srv.await;
+    let _ = own_srv.await;
 
-    let text = std::fs::read_to_string(&received)?;
-    let lines: Vec<&str> = text.lines().collect();
+    let sec = read_json_lines(&sec_out)?;
+    let own = read_json_lines(&own_out)?;
     println!(
-        "\nthe receiver wrote {} JSON lines; the first {}:",
-        lines.len(),
-        show.min(lines.len())
+        "\nthe owner's receiver (policy preset \"minimal\") wrote {} JSON lines; the first {}:",
+        own.len(),
+        show.min(own.len())
     );
-    for l in lines.iter().take(show) {
-        let v: serde_json::Value =
-            serde_json::from_str(l).map_err(|e| DemoError::Failed(e.to_string()))?;
+    for v in own.iter().take(show) {
+        let mut v = v.clone();
+        abbreviate(&mut v);
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     }
-    let got: Vec<String> = lines
-        .iter()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .map(|v| v["auditID"].as_str().unwrap_or_default().to_string())
-        .collect();
-    let unique: HashSet<&String> = got.iter().collect();
-    let in_order = got == ids;
-    println!("\nsummary");
+    println!(
+        "\nsummary ({:.0} ms, {:.0} events/s)",
+        took.as_secs_f64() * 1e3,
+        events as f64 / took.as_secs_f64()
+    );
     for r in &reports {
+        let m = metrics.output(&r.output);
         println!(
-            "  output {:<10} read {:>7}  sent {:>7}  acked {:>7}  dropped {:>3}  checkpoint offset {}",
+            "  output {:<9} read {:>6}  sent {:>6}  acked {:>6}  dropped by policy {:>6}  invalid {:>2}  oversize {:>2}",
             r.output,
             r.lines_read,
             r.events_sent,
             r.events_acked,
-            r.dropped_invalid + r.dropped_oversize,
-            r.checkpoint.as_ref().map(|c| c.offset).unwrap_or(0)
+            m.dropped_count("policy"),
+            r.dropped_invalid,
+            r.dropped_oversize
         );
     }
+    let sec_ids: Vec<String> = sec
+        .iter()
+        .map(|v| v["auditID"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let with_bodies = sec
+        .iter()
+        .filter(|v| v.get("requestObject").is_some())
+        .count();
+    let own_levels: HashSet<&str> = own.iter().filter_map(|v| v["level"].as_str()).collect();
     println!(
-        "  received {} of {} events, {} unique auditIDs, same order as written: {}",
-        got.len(),
+        "  security: {} of {} events, same order as written: {}, with bodies: {} (preset metadata removes them)",
+        sec.len(),
         ids.len(),
-        unique.len(),
-        if in_order { "yes" } else { "NO" }
+        if sec_ids == ids { "yes" } else { "NO" },
+        with_bodies
     );
-    println!(
-        "  time {:.1} ms ({:.0} events/s)",
-        took.as_secs_f64() * 1e3,
-        events as f64 / took.as_secs_f64()
-    );
-    if !in_order {
+    println!("  owner:    {} events, levels {:?}", own.len(), own_levels);
+    if sec_ids != ids || with_bodies != 0 {
         return Err(DemoError::Failed(
-            "the receiver did not get exactly the events written".into(),
+            "the security receiver did not get exactly the events written".into(),
         ));
     }
     Ok(())

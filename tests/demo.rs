@@ -1,0 +1,22 @@
+//! The README's first command must keep working.
+
+mod common;
+
+#[test]
+fn demo_runs_and_verifies_itself() {
+    let o = std::process::Command::new(common::BIN)
+        .args(["demo", "--events", "600", "--show", "1"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.contains("security: 600 of 600 events, same order as written: yes"),
+        "{out}"
+    );
+    assert!(out.contains("output owner"), "{out}");
+}
