@@ -1,0 +1,253 @@
+//! End-to-end benchmark: `forward --oneshot` → `receive --output null` on
+//! loopback, release build. Reports events/s, MB/s, CPU µs per event and peak
+//! RSS of each side (from wait4's rusage), and append-to-receive latency at a
+//! steady rate.
+//!
+//! `cargo bench --bench relay` (env: BENCH_EVENTS, default 200000;
+//! BENCH_RATE_SECS, default 5).
+
+use audit_forwarder::synth::{Generator, Mix};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_audit-forwarder");
+
+struct Usage {
+    cpu: Duration,
+    max_rss_kb: i64,
+}
+
+/// Waits for the child and returns its resource usage.
+fn wait_usage(c: &mut Child) -> Usage {
+    let mut status = 0;
+    // SAFETY: rusage is plain old data; wait4 fills it for our own child.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(c.id() as i32, &mut status, 0, &mut ru) };
+    assert!(r > 0, "wait4 failed");
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    Usage {
+        cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
+        max_rss_kb: ru.ru_maxrss,
+    }
+}
+
+fn receiver(output: &str) -> (Child, u16) {
+    let mut c = Command::new(BIN)
+        .args([
+            "--log-format",
+            "json",
+            "receive",
+            "--listen",
+            "127.0.0.1:0",
+            "--output",
+            output,
+        ])
+        .stdout(if output == "stdout" {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("receiver");
+    let mut err = BufReader::new(c.stderr.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "receiver exited");
+        if line.contains("receiver listening") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in err.lines() {});
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let port = v["fields"]["listen"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (c, port)
+}
+
+fn forward(log: &Path, state: &Path, port: u16, extra: &[&str], oneshot: bool) -> Child {
+    let mut a = vec![
+        "--log-level".to_string(),
+        "warn".into(),
+        "forward".into(),
+        "--path".into(),
+        log.display().to_string(),
+        "--state-dir".into(),
+        state.display().to_string(),
+        "--port".into(),
+        port.to_string(),
+    ];
+    if oneshot {
+        a.push("--oneshot".into());
+    }
+    a.extend(extra.iter().map(|s| s.to_string()));
+    Command::new(BIN)
+        .args(&a)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("forwarder")
+}
+
+fn throughput(name: &str, log: &Path, events: usize, bytes: u64, extra: &[&str]) {
+    let d = tempfile::tempdir().unwrap();
+    let (mut rx, port) = receiver("null");
+    let t0 = Instant::now();
+    let mut f = forward(log, d.path(), port, extra, true);
+    let fu = wait_usage(&mut f);
+    let wall = t0.elapsed();
+    let _ = Command::new("kill").arg(rx.id().to_string()).status();
+    let ru = wait_usage(&mut rx);
+    let n = events as f64;
+    println!(
+        "| {name:<28} | {:>9.0} | {:>7.1} | {:>6.2} | {:>6.2} | {:>6.1} | {:>6.1} |",
+        n / wall.as_secs_f64(),
+        bytes as f64 / 1e6 / wall.as_secs_f64(),
+        fu.cpu.as_secs_f64() * 1e6 / n,
+        ru.cpu.as_secs_f64() * 1e6 / n,
+        fu.max_rss_kb as f64 / 1024.0,
+        ru.max_rss_kb as f64 / 1024.0,
+    );
+}
+
+fn latency(rate: usize, secs: usize) {
+    let d = tempfile::tempdir().unwrap();
+    let log = d.path().join("audit.log");
+    std::fs::File::create(&log).unwrap();
+    let (mut rx, port) = receiver("stdout");
+    let out = rx.stdout.take().unwrap();
+    let (tx, got) = std::sync::mpsc::channel::<(String, Instant)>();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            let id = l
+                .split("\"auditID\":\"")
+                .nth(1)
+                .and_then(|s| s.split('"').next())
+                .unwrap_or("")
+                .to_string();
+            if tx.send((id, Instant::now())).is_err() {
+                break;
+            }
+        }
+    });
+    let mut f = forward(
+        &log,
+        &d.path().join("s"),
+        port,
+        &["--set", "tail.poll_interval=\"250ms\""],
+        false,
+    );
+    let mut synth = Generator::new(9, Mix::Metadata);
+    let mut w = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    let mut sent: HashMap<String, Instant> = HashMap::new();
+    let total = rate * secs;
+    let start = Instant::now();
+    for i in 0..total {
+        let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+        if let Some(d) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
+        let e = synth.event();
+        let id = e
+            .split("\"auditID\":\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .to_string();
+        w.write_all(format!("{e}\n").as_bytes()).unwrap();
+        sent.insert(id, Instant::now());
+    }
+    let mut lat: Vec<f64> = Vec::with_capacity(total);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lat.len() < total && Instant::now() < deadline {
+        if let Ok((id, t)) = got.recv_timeout(Duration::from_secs(1))
+            && let Some(s) = sent.get(&id)
+        {
+            lat.push(t.duration_since(*s).as_secs_f64() * 1e3);
+        }
+    }
+    let _ = f.kill();
+    let _ = f.wait();
+    let _ = rx.kill();
+    let _ = rx.wait();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    println!(
+        "latency at {rate} events/s for {secs} s: received {} of {total}, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        lat.len(),
+        pct(0.50),
+        pct(0.99),
+        lat.last().copied().unwrap_or(f64::NAN)
+    );
+}
+
+fn main() {
+    // `cargo bench` passes --bench; ignore arguments.
+    let events: usize = std::env::var("BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let rate_secs: usize = std::env::var("BENCH_RATE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let d = tempfile::tempdir().unwrap();
+    let mut logs = Vec::new();
+    for (name, mix) in [("metadata", Mix::Metadata), ("realistic", Mix::Realistic)] {
+        let log = d.path().join(format!("{name}.log"));
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&log).unwrap());
+        let mut synth = Generator::new(7, mix);
+        for _ in 0..events {
+            writeln!(w, "{}", synth.event()).unwrap();
+        }
+        w.flush().unwrap();
+        drop(w);
+        let bytes = std::fs::metadata(&log).unwrap().len();
+        println!(
+            "{name}: {events} events, {:.1} MB, {:.0} bytes/event",
+            bytes as f64 / 1e6,
+            bytes as f64 / events as f64
+        );
+        logs.push((name, log, bytes));
+    }
+    println!(
+        "\n| variant                      | events/s  | MB/s    | fwd µs/ev | rcv µs/ev | fwd RSS MB | rcv RSS MB |"
+    );
+    println!(
+        "|------------------------------|-----------|---------|--------|--------|--------|--------|"
+    );
+    for (name, log, bytes) in &logs {
+        throughput(&format!("{name} plain"), log, events, *bytes, &[]);
+        throughput(
+            &format!("{name} + recommended policy"),
+            log,
+            events,
+            *bytes,
+            &["--set", "output.policy=\"recommended\""],
+        );
+        throughput(
+            &format!("{name} gzip"),
+            log,
+            events,
+            *bytes,
+            &["--set", "output.gzip=true"],
+        );
+    }
+    println!();
+    latency(2000, rate_secs);
+}
