@@ -212,7 +212,13 @@ impl<'a> Parser<'a, '_> {
         }
         self.i += 1; // '{'
         let hdr = self.out.len();
-        self.out.push(0x80);
+        if ctx == Ctx::Top {
+            // The top level usually has more than 15 keys: reserve a map16
+            // header so finishing it never moves the whole record.
+            self.out.extend_from_slice(&[0xde, 0, 0]);
+        } else {
+            self.out.push(0x80);
+        }
         let mut count: u32 = 0;
         self.ws();
         if self.peek() == Some(b'}') {
@@ -249,13 +255,22 @@ impl<'a> Parser<'a, '_> {
                 _ => return Err(self.err("expected ',' or '}' in an object")),
             }
         }
-        let grown = finish_container(self.out, hdr, count, true);
-        if ctx == Ctx::Top && grown > 0 {
-            for e in self.top.iter_mut() {
-                e.span = e.span.start + grown..e.span.end + grown;
-                e.value = e.value.start + grown..e.value.end + grown;
-            }
+        if ctx == Ctx::Top && count <= 0xffff {
+            self.out[hdr + 1..hdr + 3].copy_from_slice(&(count as u16).to_be_bytes());
+            return Ok(());
         }
+        if ctx == Ctx::Top {
+            // More than 65535 keys: widen to map32.
+            self.out[hdr] = 0xdf;
+            self.out.splice(hdr + 1..hdr + 1, [0, 0]);
+            self.out[hdr + 1..hdr + 5].copy_from_slice(&count.to_be_bytes());
+            for e in self.top.iter_mut() {
+                e.span = e.span.start + 2..e.span.end + 2;
+                e.value = e.value.start + 2..e.value.end + 2;
+            }
+            return Ok(());
+        }
+        finish_container(self.out, hdr, count, true);
         Ok(())
     }
 
@@ -404,13 +419,7 @@ impl<'a> Parser<'a, '_> {
         let rest = &self.s[start..];
         let stop =
             memchr::memchr2(b'"', b'\\', rest).ok_or_else(|| self.err("unterminated string"))?;
-        let seg = &rest[..stop];
-        if seg.iter().any(|&b| b < 0x20) {
-            return Err(self.err("control character in a string"));
-        }
-        let seg = std::str::from_utf8(seg).map_err(|e| JsonError::Utf8 {
-            offset: start + e.valid_up_to(),
-        })?;
+        let seg = checked_str(&rest[..stop]).map_err(|e| self.str_err(e, start))?;
         if rest[stop] == b'"' {
             self.i = start + stop + 1;
             super::protocol::write_str(self.out, seg.as_bytes());
@@ -447,13 +456,7 @@ impl<'a> Parser<'a, '_> {
                     let rest = &self.s[self.i..];
                     let stop = memchr::memchr2(b'"', b'\\', rest)
                         .ok_or_else(|| self.err("unterminated string"))?;
-                    let seg = &rest[..stop];
-                    if seg.iter().any(|&b| b < 0x20) {
-                        return Err(self.err("control character in a string"));
-                    }
-                    let seg = std::str::from_utf8(seg).map_err(|e| JsonError::Utf8 {
-                        offset: self.i + e.valid_up_to(),
-                    })?;
+                    let seg = checked_str(&rest[..stop]).map_err(|e| self.str_err(e, self.i))?;
                     s.push_str(seg);
                     self.i += stop;
                 }
@@ -462,6 +465,13 @@ impl<'a> Parser<'a, '_> {
         }
         super::protocol::write_str(self.out, s.as_bytes());
         Ok(Cow::Owned(s))
+    }
+
+    fn str_err(&self, e: StrError, base: usize) -> JsonError {
+        match e {
+            StrError::Control => self.err("control character in a string"),
+            StrError::Utf8(at) => JsonError::Utf8 { offset: base + at },
+        }
     }
 
     fn hex4(&mut self) -> Result<u32, JsonError> {
@@ -496,6 +506,56 @@ impl<'a> Parser<'a, '_> {
         }
         Ok(char::from_u32(hi).unwrap_or('\u{FFFD}'))
     }
+}
+
+enum StrError {
+    Control,
+    Utf8(usize),
+}
+
+/// Validates string contents: no control characters (RFC 8259 §7) and valid
+/// UTF-8 (SIMD, via simdutf8).
+#[inline]
+fn checked_str(seg: &[u8]) -> Result<&str, StrError> {
+    match scan(seg) {
+        Scan::Control => Err(StrError::Control),
+        // SAFETY: every byte is in 0x20..0x80, so `seg` is ASCII and thus UTF-8.
+        Scan::Ascii => Ok(unsafe { std::str::from_utf8_unchecked(seg) }),
+        Scan::NonAscii => {
+            simdutf8::compat::from_utf8(seg).map_err(|e| StrError::Utf8(e.valid_up_to()))
+        }
+    }
+}
+
+enum Scan {
+    Ascii,
+    NonAscii,
+    Control,
+}
+
+/// Classifies bytes eight at a time: printable ASCII only, some byte >= 0x80,
+/// or a control byte (< 0x20). A word flagged by the bit trick is checked
+/// exactly, so the answer is exact.
+#[inline]
+fn scan(seg: &[u8]) -> Scan {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let mut ascii = true;
+    let mut chunks = seg.chunks_exact(8);
+    for c in &mut chunks {
+        let v = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        if v.wrapping_sub(LO * 0x20) & !v & HI != 0 && c.iter().any(|&b| b < 0x20) {
+            return Scan::Control;
+        }
+        ascii &= v & HI == 0;
+    }
+    for &b in chunks.remainder() {
+        if b < 0x20 {
+            return Scan::Control;
+        }
+        ascii &= b < 0x80;
+    }
+    if ascii { Scan::Ascii } else { Scan::NonAscii }
 }
 
 fn slot_for(ctx: Ctx, key: &str) -> (Slot, TopKey) {
