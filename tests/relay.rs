@@ -192,3 +192,70 @@ fn receiver_down_then_back_loses_nothing_and_memory_stays_bounded() {
     eprintln!("buffered_bytes_max = {max} (bound {bound})");
     assert!(max > 0 && max <= bound, "buffered {max} > bound {bound}");
 }
+
+#[test]
+fn resumes_inside_a_rotated_file_that_was_gzipped_while_down() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("received.jsonl");
+    let (_rx, port) = receiver(&out, &[]);
+    let log = d.path().join("audit.log");
+    let state = d.path().join("state");
+    let mut api = ApiServerLog::new(&log, 5, Mix::Metadata);
+    api.write(300);
+    let mut args = forward_args(&log, &state, port);
+    args.push("--oneshot".into());
+    let mut f = spawn_forward(&args);
+    assert_eq!(f.wait_exit(), 0, "{}", f.all_logs());
+
+    // While it is down: more events, rotation, and the rotated file is
+    // compressed and the plain one removed (lumberjack's `compress`).
+    api.write(200);
+    let rotated = api.rotate();
+    let gz = rotated.with_extension("log.gz");
+    let data = std::fs::read(&rotated).unwrap();
+    let mut enc = flate2::write::GzEncoder::new(
+        std::fs::File::create(&gz).unwrap(),
+        flate2::Compression::fast(),
+    );
+    std::io::Write::write_all(&mut enc, &data).unwrap();
+    enc.finish().unwrap();
+    std::fs::remove_file(&rotated).unwrap();
+    api.write(100);
+
+    let mut f = spawn_forward(&args);
+    assert_eq!(f.wait_exit(), 0, "{}", f.all_logs());
+    assert_eq!(
+        read_lines(&out),
+        api.written,
+        "each event exactly once, in order"
+    );
+}
+
+#[test]
+fn a_checkpointed_file_deleted_while_down_is_reported_as_a_gap() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("received.jsonl");
+    let (_rx, port) = receiver(&out, &[]);
+    let log = d.path().join("audit.log");
+    let state = d.path().join("state");
+    let mut api = ApiServerLog::new(&log, 6, Mix::Metadata);
+    api.write(100);
+    let mut args = forward_args(&log, &state, port);
+    args.push("--oneshot".into());
+    let mut f = spawn_forward(&args);
+    assert_eq!(f.wait_exit(), 0, "{}", f.all_logs());
+    api.write(50); // never forwarded: deleted below
+    let rotated = api.rotate();
+    std::fs::remove_file(&rotated).unwrap();
+    api.write(70);
+    let mut f = spawn_forward(&args);
+    assert_eq!(f.wait_exit(), 0, "{}", f.all_logs());
+    assert!(f.all_logs().contains("DATA GAP"), "{}", f.all_logs());
+    let got = read_lines(&out);
+    assert_eq!(
+        got.len(),
+        170,
+        "the 50 deleted events are the reported gap; the rest arrive"
+    );
+    assert_eq!(got[100..], api.written[150..]);
+}

@@ -140,10 +140,31 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Writes `s` as a JSON string. Invalid UTF-8 becomes U+FFFD, as in Go.
 pub fn write_str(out: &mut Vec<u8>, s: &[u8]) {
-    match std::str::from_utf8(s) {
-        Ok(v) => write_valid_str(out, v.as_bytes()),
-        Err(_) => write_valid_str(out, String::from_utf8_lossy(s).as_bytes()),
+    if s.is_ascii() || simdutf8::basic::from_utf8(s).is_ok() {
+        write_valid_str(out, s);
+    } else {
+        write_valid_str(out, String::from_utf8_lossy(s).as_bytes());
     }
+}
+
+const LO: u64 = 0x0101_0101_0101_0101;
+const HI: u64 = 0x8080_8080_8080_8080;
+
+#[inline]
+fn has_zero_byte(v: u64) -> bool {
+    v.wrapping_sub(LO) & !v & HI != 0
+}
+
+/// May any of these eight bytes need an escape? (No false negatives.)
+#[inline]
+fn maybe_escape(v: u64) -> bool {
+    v.wrapping_sub(LO * 0x20) & !v & HI != 0
+        || has_zero_byte(v ^ (LO * b'"' as u64))
+        || has_zero_byte(v ^ (LO * b'\\' as u64))
+        || has_zero_byte(v ^ (LO * b'<' as u64))
+        || has_zero_byte(v ^ (LO * b'>' as u64))
+        || has_zero_byte(v ^ (LO * b'&' as u64))
+        || has_zero_byte(v ^ (LO * 0xE2))
 }
 
 fn write_valid_str(out: &mut Vec<u8>, s: &[u8]) {
@@ -152,6 +173,14 @@ fn write_valid_str(out: &mut Vec<u8>, s: &[u8]) {
     let mut start = 0;
     let mut i = 0;
     while i < s.len() {
+        // Skip eight bytes at a time while none can need an escape.
+        if let Some(c) = s.get(i..i + 8) {
+            let v = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+            if !maybe_escape(v) {
+                i += 8;
+                continue;
+            }
+        }
         let b = s[i];
         if ESCAPE[b as usize] == 0 {
             i += 1;
