@@ -28,6 +28,11 @@ pub struct Config {
     /// On SIGTERM, how long to wait for outstanding acks.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// `host:port` of the /metrics, /healthz and /readyz endpoint; off unless set.
+    pub http_listen: Option<String>,
+    /// /readyz stays ready this long after the last destination was lost.
+    #[serde(with = "humantime_serde")]
+    pub readiness_grace: Duration,
     pub tail: TailSection,
     pub outputs: Vec<OutputSection>,
     /// Shorthand for settings of `outputs[0]` (env and flags use it).
@@ -43,6 +48,8 @@ impl Default for Config {
             log_format: LogFormat::Text,
             state_dir: "/var/lib/audit-forwarder".into(),
             shutdown_timeout: Duration::from_secs(10),
+            http_listen: None,
+            readiness_grace: Duration::from_secs(30),
             tail: TailSection::default(),
             outputs: Vec::new(),
             output: None,

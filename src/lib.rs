@@ -6,6 +6,7 @@ pub mod config;
 pub mod demo;
 pub mod filter;
 pub mod forward;
+pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod pipeline;

@@ -1,12 +1,14 @@
 use anyhow::Context;
-use audit_forwarder::cli::{Cli, Command, PolicyCommand};
+use audit_forwarder::cli::{Cli, Command, ForwardArgs, PolicyCommand};
 use audit_forwarder::config::{self, Config};
 use audit_forwarder::forward::server::{Output, Server, ServerConfig};
 use audit_forwarder::metrics::Metrics;
-use audit_forwarder::{demo, logging, pipeline};
+use audit_forwarder::{demo, http, logging, pipeline};
 use clap::Parser;
+use std::path::Path;
 use std::process::ExitCode;
-use tokio::sync::watch;
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
 use tracing::{error, info};
 
 fn main() -> ExitCode {
@@ -40,21 +42,29 @@ fn init_logging(cli: &Cli, cfg: &Config) {
 }
 
 /// First SIGTERM/SIGINT: graceful stop. Second: exit at once (checkpoints
-/// are written by atomic rename, so this never corrupts them).
-fn signals() -> watch::Receiver<bool> {
+/// are written by atomic rename, so this never corrupts them). SIGHUP: reload.
+fn signals(reload: Option<mpsc::Sender<&'static str>>) -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
         ) else {
             return;
         };
-        for n in 0.. {
+        let mut n = 0;
+        loop {
             tokio::select! {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
+                _ = hup.recv() => {
+                    if let Some(r) = &reload {
+                        let _ = r.try_send("SIGHUP");
+                    }
+                    continue;
+                }
             }
             if n == 0 {
                 info!("signal received: shutting down (send again to exit immediately)");
@@ -63,34 +73,137 @@ fn signals() -> watch::Receiver<bool> {
                 eprintln!("second signal: exiting now");
                 std::process::exit(130);
             }
+            n += 1;
         }
     });
     rx
 }
 
+/// Sends a reload request when the config file's content changes (the
+/// directory is watched: Kubernetes updates ConfigMap files by symlink swap).
+fn watch_config(path: &Path, tx: mpsc::Sender<&'static str>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let file = path.to_path_buf();
+    let mut last = std::fs::read(&file).ok();
+    let mut w = notify::recommended_watcher(move |_ev: notify::Result<notify::Event>| {
+        let now = std::fs::read(&file).ok();
+        if now.is_some() && now != last {
+            last = now;
+            let _ = tx.try_send("config file changed");
+        }
+    })
+    .ok()?;
+    w.watch(&dir, notify::RecursiveMode::NonRecursive).ok()?;
+    Some(w)
+}
+
+fn probe_for(cfg: &Config, metrics: &Metrics) -> http::Probe {
+    http::Probe::Forward {
+        outputs: cfg
+            .outputs
+            .iter()
+            .map(|o| metrics.output(&o.name))
+            .collect(),
+        grace: cfg.readiness_grace,
+    }
+}
+
+async fn forward(cli: &Cli, a: &ForwardArgs) -> anyhow::Result<ExitCode> {
+    let mut cfg = config::load(a.config.config.as_deref(), &a.sets())?;
+    init_logging(cli, &cfg);
+    let metrics = Metrics::new();
+    let (reload_tx, mut reload_rx) = mpsc::channel(4);
+    let mut sd = signals((!a.oneshot).then(|| reload_tx.clone()));
+    let _watcher = match (&a.config.config, a.oneshot) {
+        (Some(p), false) => watch_config(p, reload_tx.clone()),
+        _ => None,
+    };
+    let state = Arc::new(http::State {
+        metrics: metrics.clone(),
+        probe: std::sync::Mutex::new(probe_for(&cfg, &metrics)),
+    });
+    if let Some(addr) = &cfg.http_listen {
+        let l = http::bind(addr).await?;
+        tokio::spawn(http::serve(l, state.clone(), sd.clone()));
+    }
+    info!(path = %cfg.tail.path.display(), outputs = cfg.outputs.len(), oneshot = a.oneshot, "forwarder starting");
+    loop {
+        let (gen_tx, gen_rx) = watch::channel(false);
+        let mut run = {
+            let (cfg, metrics, oneshot) = (cfg.clone(), metrics.clone(), a.oneshot);
+            tokio::spawn(async move { pipeline::run(&cfg, oneshot, &metrics, gen_rx).await })
+        };
+        // Wait for the end, a shutdown, or a valid new configuration.
+        let next = loop {
+            tokio::select! {
+                r = &mut run => break Err(r),
+                _ = audit_forwarder::stopped(&mut sd) => {
+                    let _ = gen_tx.send(true);
+                    break Err((&mut run).await);
+                }
+                Some(why) = reload_rx.recv() => {
+                    // Coalesce a burst of change events (an editor's truncate + write).
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    while reload_rx.try_recv().is_ok() {}
+                    match config::load(a.config.config.as_deref(), &a.sets()) {
+                        Ok(new) => match new.outputs.iter().try_for_each(|o| pipeline::load_policy(o).map(|_| ())) {
+                            Ok(()) => break Ok((new, why)),
+                            Err(e) => {
+                                metrics.config_reload("invalid");
+                                error!(reason = why, error = %e, "configuration reload rejected; keeping the running configuration");
+                            }
+                        },
+                        Err(e) => {
+                            metrics.config_reload("invalid");
+                            error!(reason = why, error = %e, "configuration reload rejected; keeping the running configuration");
+                        }
+                    }
+                }
+            }
+        };
+        match next {
+            Ok((new, why)) => {
+                info!(
+                    reason = why,
+                    "reloading configuration: draining outputs, then restarting them from their checkpoints"
+                );
+                let _ = gen_tx.send(true);
+                run.await??;
+                cfg = new;
+                if let Ok(mut p) = state.probe.lock() {
+                    *p = probe_for(&cfg, &metrics);
+                }
+                metrics.config_reload("ok");
+                info!(outputs = cfg.outputs.len(), "configuration reloaded");
+            }
+            Err(joined) => {
+                let reports = joined??;
+                let mut ok = true;
+                for r in &reports {
+                    info!(output = %r.output, lines_read = r.lines_read, events_sent = r.events_sent,
+                        events_acked = r.events_acked, dropped_invalid = r.dropped_invalid,
+                        dropped_oversize = r.dropped_oversize,
+                        buffered_bytes_max = r.buffered_bytes_max, complete = r.complete, "output finished");
+                    ok &= r.complete || !a.oneshot;
+                }
+                return Ok(if ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                });
+            }
+        }
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
-        Command::Forward(a) => {
-            let cfg = config::load(a.config.config.as_deref(), &a.sets())?;
-            init_logging(&cli, &cfg);
-            let metrics = Metrics::new();
-            let sd = signals();
-            info!(path = %cfg.tail.path.display(), outputs = cfg.outputs.len(), oneshot = a.oneshot, "forwarder starting");
-            let reports = pipeline::run(&cfg, a.oneshot, &metrics, sd).await?;
-            let mut ok = true;
-            for r in &reports {
-                info!(output = %r.output, lines_read = r.lines_read, events_sent = r.events_sent,
-                    events_acked = r.events_acked, dropped_invalid = r.dropped_invalid,
-                    dropped_oversize = r.dropped_oversize,
-                    buffered_bytes_max = r.buffered_bytes_max, complete = r.complete, "output finished");
-                ok &= r.complete || !a.oneshot;
-            }
-            Ok(if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
-        }
+        Command::Forward(a) => forward(&cli, a).await,
         Command::Receive(a) => {
             let cfg = config::load(a.config.config.as_deref(), &a.sets())?;
             init_logging(&cli, &cfg);
@@ -115,7 +228,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )
             .await
             .context("starting the receiver")?;
-            server.serve(signals()).await;
+            let sd = signals(None);
+            if let Some(addr) = &cfg.http_listen {
+                let st = Arc::new(http::State {
+                    metrics: metrics.clone(),
+                    probe: std::sync::Mutex::new(http::Probe::Receive),
+                });
+                tokio::spawn(http::serve(http::bind(addr).await?, st, sd.clone()));
+            }
+            server.serve(sd).await;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check(a) => {

@@ -4,6 +4,10 @@
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use std::sync::atomic::AtomicU64;
+
+type FGauge = Gauge<f64, AtomicU64>;
+type FGauges = Family<Labels, FGauge>;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 
@@ -41,6 +45,12 @@ struct Families {
     truncations: Counters,
     gaps: Counters,
     read_errors: Counters,
+    connected: Gauges,
+    tail_running: Gauges,
+    lag_bytes: Gauges,
+    lag_seconds: FGauges,
+    last_acked_ts: FGauges,
+    config_reloads: Counters,
     recv_connections: Counters,
     recv_connections_active: Gauges,
     recv_messages: Counters,
@@ -71,7 +81,17 @@ pub struct OutputMetrics {
     pub truncations: Counter,
     pub gaps: Counter,
     pub read_errors: Counter,
-    name: String,
+    /// 1 while a connection to the destination is up (local outputs: always).
+    pub connected: Gauge,
+    /// 1 while the tail thread runs.
+    pub tail_running: Gauge,
+    pub lag_bytes: Gauge,
+    pub lag_seconds: FGauge,
+    /// stageTimestamp of the last acknowledged event, Unix seconds.
+    pub last_acked_ts: FGauge,
+    /// Unix seconds since the destination is unreachable (0: connected).
+    down_since: Arc<AtomicU64>,
+    pub name: String,
     families: Option<Arc<FamiliesHandle>>,
 }
 
@@ -127,6 +147,23 @@ impl OutputMetrics {
             .map(|c| c.get())
             .unwrap_or(0)
     }
+    /// Records whether the destination is reachable (for `/readyz`).
+    pub fn set_connected(&self, up: bool) {
+        use std::sync::atomic::Ordering;
+        self.connected.set(up as i64);
+        if up {
+            self.down_since.store(0, Ordering::Relaxed);
+        } else if self.down_since.load(Ordering::Relaxed) == 0 {
+            let now = crate::forward::protocol::EventTime::now().as_f64();
+            self.down_since.store(now.to_bits(), Ordering::Relaxed);
+        }
+    }
+
+    /// Unix seconds since the destination became unreachable; 0 when connected.
+    pub fn down_since(&self) -> f64 {
+        f64::from_bits(self.down_since.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     /// Sets the buffered-bytes gauge and raises its high-water mark.
     pub fn set_buffered(&self, bytes: i64) {
         self.buffered_bytes.set(bytes);
@@ -196,6 +233,12 @@ impl Metrics {
             "truncations", "Files found truncated (copytruncate)", truncations;
             "gaps", "Checkpointed files that vanished before they were fully read", gaps;
             "read_errors", "Errors reading the audit log", read_errors;
+            "connected", "1 while the output's destination is connected", connected;
+            "tail_running", "1 while the output's tail reader runs", tail_running;
+            "lag_bytes", "Bytes in the audit log files not yet acknowledged by the destination", lag_bytes;
+            "lag_seconds", "Now minus the stageTimestamp of the last acknowledged event, while anything is unacknowledged; else 0", lag_seconds;
+            "last_acked_event_timestamp_seconds", "stageTimestamp of the last acknowledged event", last_acked_ts;
+            "config_reloads", "Configuration reloads, by result (ok, invalid)", config_reloads;
             "receiver_connections", "Connections accepted by the receiver", recv_connections;
             "receiver_connections_active", "Open receiver connections", recv_connections_active;
             "receiver_messages", "Forward messages received, by mode", recv_messages;
@@ -232,6 +275,12 @@ impl Metrics {
             truncations: c(&f.truncations),
             gaps: c(&f.gaps),
             read_errors: c(&f.read_errors),
+            connected: g(&f.connected),
+            tail_running: g(&f.tail_running),
+            lag_bytes: g(&f.lag_bytes),
+            lag_seconds: f.lag_seconds.get_or_create(&l).clone(),
+            last_acked_ts: f.last_acked_ts.get_or_create(&l).clone(),
+            down_since: Arc::new(AtomicU64::new(0)),
             name: name.to_string(),
             families: Some(Arc::new(FamiliesHandle {
                 invalid_lines: f.invalid_lines.clone(),
@@ -254,6 +303,21 @@ impl Metrics {
             messages: f.recv_messages.clone(),
             rejected: f.recv_rejected.clone(),
         }
+    }
+
+    /// Counts a configuration reload by result (`ok`, `invalid`).
+    pub fn config_reload(&self, result: &str) {
+        self.f
+            .config_reloads
+            .get_or_create(&vec![("result", result.to_string())])
+            .inc();
+    }
+
+    pub fn config_reload_count(&self, result: &str) -> u64 {
+        self.f
+            .config_reloads
+            .get_or_create(&vec![("result", result.to_string())])
+            .get()
     }
 
     /// Prometheus text exposition.

@@ -83,6 +83,37 @@ pub async fn run(
     Ok(reports)
 }
 
+/// Bytes of the audit log not yet acknowledged: the rest of the watermark's
+/// file plus every file written after it (found by identity among the live
+/// file and its rotated siblings). Without a watermark, everything present.
+pub fn lag_bytes(live: &std::path::Path, wm: Option<&Position>) -> u64 {
+    let cands = crate::source::files::candidates(live);
+    let Some(wm) = wm else {
+        return cands.iter().map(|c| c.len).sum();
+    };
+    let at = cands
+        .iter()
+        .position(|c| !c.gz && c.dev == wm.file.dev && c.ino == wm.file.ino);
+    match at {
+        Some(i) => {
+            cands[i].len.saturating_sub(wm.offset)
+                + cands[i + 1..].iter().map(|c| c.len).sum::<u64>()
+        }
+        // The watermark's file is gone or compressed: count what is newer.
+        None => cands.iter().filter(|c| c.live).map(|c| c.len).sum(),
+    }
+}
+
+fn update_lag(m: &OutputMetrics, lag: u64) {
+    m.lag_bytes.set(lag as i64);
+    let secs = if lag == 0 || m.last_acked_ts.get() == 0.0 {
+        0.0
+    } else {
+        (crate::forward::protocol::EventTime::now().as_f64() - m.last_acked_ts.get()).max(0.0)
+    };
+    m.lag_seconds.set(secs);
+}
+
 /// Loads an output's policy (preset or file), logging lenient-decoding warnings.
 pub fn load_policy(o: &OutputSection) -> Result<Option<Policy>, PipelineError> {
     let Some(spec) = o.policy_spec() else {
@@ -142,10 +173,13 @@ fn output(
         m.clone(),
     );
     let name = o.name.clone();
+    let tail_m = m.clone();
     let tail_thread = std::thread::Builder::new()
         .name(format!("tail-{name}"))
         .spawn(move || {
+            tail_m.tail_running.set(1);
             let end = tail.run(resume, &mut proc);
+            tail_m.tail_running.set(0);
             if end == Ok(TailEnd::Caught) {
                 let _ = proc.idle();
             }
@@ -176,6 +210,7 @@ fn output(
         conn_tx,
     );
     let interval = o.checkpoint_interval;
+    let log_path = cfg.tail.path.clone();
     let shutdown_timeout = cfg.shutdown_timeout;
     Ok(async move {
         let mut sd = shutdown.clone();
@@ -185,6 +220,8 @@ fn output(
         let mut next_save = tokio::time::Instant::now();
         let mut dirty = false;
         let mut wm_open = true;
+        let mut lag_tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        lag_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let save = |p: Position| {
             let path = cp_path.clone();
             let m = m.clone();
@@ -209,6 +246,13 @@ fn output(
         let end = loop {
             tokio::select! {
                 r = &mut client => break r.ok(),
+                _ = lag_tick.tick() => {
+                    let wm = wm_rx.borrow().clone();
+                    let path = log_path.clone();
+                    if let Ok(lag) = tokio::task::spawn_blocking(move || lag_bytes(&path, wm.as_ref())).await {
+                        update_lag(&m, lag);
+                    }
+                }
                 r = wm_rx.changed(), if wm_open => match r {
                     Ok(()) => dirty = true,
                     Err(_) => wm_open = false,

@@ -21,6 +21,8 @@ pub struct Chunk {
     pub events: u64,
     /// Position after the last line this chunk accounts for.
     pub end: Position,
+    /// Timestamp of its last event (for the lag metric).
+    pub last_time: Option<EventTime>,
 }
 
 #[derive(Debug, Clone)]
@@ -44,6 +46,7 @@ pub struct Batcher {
     end: Option<(Arc<FileInfo>, u64)>,
     seq: u64,
     last_size: usize,
+    last_time: Option<EventTime>,
 }
 
 impl Batcher {
@@ -57,6 +60,7 @@ impl Batcher {
             end: None,
             seq: 0,
             last_size: 64 * 1024,
+            last_time: None,
         };
         b.reset();
         b
@@ -78,6 +82,7 @@ impl Batcher {
         if self.first_at.is_none() {
             self.first_at = Some(Instant::now());
         }
+        self.last_time = Some(time);
         self.buf.push(0x92);
         time.write(&mut self.buf);
         self.buf.extend_from_slice(record);
@@ -129,6 +134,7 @@ impl Batcher {
                 payload: Vec::new(),
                 events: 0,
                 end,
+                last_time: None,
             });
         }
         let id = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
@@ -162,6 +168,7 @@ impl Batcher {
             payload: msg,
             events,
             end,
+            last_time: self.last_time.take(),
         })
     }
 }

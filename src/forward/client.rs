@@ -157,6 +157,7 @@ impl Client {
 
     /// Runs until the input is closed and drained, or shutdown.
     pub async fn run(mut self) -> ClientEnd {
+        self.m.set_connected(false);
         if let Some(out) = self.cfg.local.clone() {
             return self.run_local(out).await;
         }
@@ -176,6 +177,7 @@ impl Client {
             }
             let r = self.session(&mut backoff).await;
             let _ = self.connected.send(false);
+            self.m.set_connected(false);
             match r {
                 Ok(()) => continue,
                 Err(e) => {
@@ -209,6 +211,7 @@ impl Client {
             }
         };
         let mut sd = self.shutdown.clone();
+        self.m.set_connected(true);
         loop {
             let c = tokio::select! {
                 c = self.rx.recv() => c,
@@ -255,6 +258,7 @@ impl Client {
         };
         debug!(server = %self.cfg.addr(), "connected");
         let _ = self.connected.send(true);
+        self.m.set_connected(true);
         let (mut rd, mut wr) = tokio::io::split(stream);
         // Everything not acknowledged goes again, in order, same chunk ids.
         let mut resent = 0;
@@ -402,6 +406,9 @@ impl Client {
         while self.queue.front().is_some_and(|s| s.state == State::Acked) {
             if let Some(s) = self.queue.pop_front() {
                 self.m.buffered_bytes.dec_by(s.chunk.payload.len() as i64);
+                if let Some(t) = s.chunk.last_time {
+                    self.m.last_acked_ts.set(t.as_f64());
+                }
                 moved = Some(s.chunk.end);
             }
         }

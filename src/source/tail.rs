@@ -424,6 +424,7 @@ impl Tail {
         info: &Arc<FileInfo>,
         end: u64,
     ) -> Result<(), Stopped> {
+        self.m.lines_read.inc();
         if let Some(n) = self.warn_oversize.allow() {
             warn!(path = %info.path.display(), bytes, limit = self.cfg.max_line_bytes, end_offset = end, suppressed = n,
                 "skipping a line longer than max_line_bytes");

@@ -265,3 +265,71 @@ impl ApiServerLog {
         to
     }
 }
+
+/// HTTP GET on loopback: (status code, body).
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut r = String::new();
+    s.read_to_string(&mut r).unwrap();
+    let code = r
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = r
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// Value of the sample `name{labels}` (labels as printed, e.g.
+/// `output="default",reason="policy"`), 0 when absent.
+pub fn metric(text: &str, name: &str, labels: &str) -> f64 {
+    let key = if labels.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name}{{{labels}}}")
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix(&key).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The port of the HTTP endpoint from the process's log.
+pub fn http_port(p: &Proc) -> u16 {
+    let line = p.wait_log("http endpoint listening");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    v["fields"]["listen"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Polls `/metrics` until `cond` holds (bounded by WAIT); returns the text.
+pub fn wait_metrics(port: u16, what: &str, cond: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, body) = http_get(port, "/metrics");
+        if cond(&body) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics never showed {what}:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,239 @@
+//! Operability: metrics that add up, lag, probes, graceful shutdown, reload.
+
+mod common;
+
+use audit_forwarder::synth::Mix;
+use common::*;
+use std::io::Write;
+
+const OUT: &str = "output=\"default\"";
+
+fn m(text: &str, name: &str, labels: &str) -> f64 {
+    metric(text, &format!("audit_forwarder_{name}"), labels)
+}
+
+#[test]
+fn metrics_add_up_read_equals_acked_plus_dropped_by_reason() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out.jsonl");
+    let (_rx, port) = receiver(&out, &[]);
+    let log = d.path().join("audit.log");
+    let mut api = ApiServerLog::new(&log, 31, Mix::Metadata);
+    api.write(500);
+    {
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        f.write_all(b"not json\n[1]\n{\"x\":\"\xff\"}\n").unwrap();
+        f.write_all(format!("{{\"big\":\"{}\"}}\n", "x".repeat(20_000)).as_bytes())
+            .unwrap();
+    }
+    api.write(100);
+    let mut args = forward_args(&log, &d.path().join("state"), port);
+    for s in [
+        "http_listen=\"127.0.0.1:0\"",
+        "output.policy=\"minimal\"",
+        "tail.on_invalid=\"drop\"",
+        "tail.max_line_bytes=10000",
+    ] {
+        args.extend(["--set".to_string(), s.to_string()]);
+    }
+    let f = spawn_forward(&args);
+    let hp = http_port(&f);
+    let body = wait_metrics(hp, "604 lines accounted for", |t| {
+        let read = m(t, "lines_read_total", OUT);
+        let acked = m(t, "events_acked_total", OUT);
+        let dropped: f64 = [
+            "policy",
+            "invalid_json",
+            "not_an_object",
+            "invalid_utf8",
+            "oversize",
+        ]
+        .iter()
+        .map(|r| m(t, "events_dropped_total", &format!("{OUT},reason=\"{r}\"")))
+        .sum();
+        read == 604.0 && acked + dropped == read
+    });
+    let dropped = |r: &str| {
+        m(
+            &body,
+            "events_dropped_total",
+            &format!("{OUT},reason=\"{r}\""),
+        )
+    };
+    assert_eq!(dropped("invalid_json"), 1.0);
+    assert_eq!(dropped("not_an_object"), 1.0);
+    assert_eq!(dropped("invalid_utf8"), 1.0);
+    assert_eq!(dropped("oversize"), 1.0);
+    assert!(
+        dropped("policy") > 300.0,
+        "minimal drops most read-only events"
+    );
+    let acked = m(&body, "events_acked_total", OUT) as usize;
+    assert_eq!(
+        read_lines(&out).len(),
+        acked,
+        "the receiver has exactly the acked events"
+    );
+    assert_eq!(m(&body, "events_sent_total", OUT) as usize, acked);
+    assert_eq!(m(&body, "buffered_bytes", OUT), 0.0);
+    assert!(m(&body, "checkpoint_writes_total", OUT) >= 1.0);
+    assert_eq!(
+        m(
+            &body,
+            "invalid_lines_total",
+            &format!("{OUT},reason=\"invalid_json\"")
+        ),
+        1.0
+    );
+    assert_eq!(http_get(hp, "/healthz").0, 200);
+    assert_eq!(http_get(hp, "/readyz").0, 200);
+    assert_eq!(http_get(hp, "/nope").0, 404);
+}
+
+#[test]
+fn lag_rises_while_the_receiver_is_down_and_returns_to_zero() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out.jsonl");
+    let (mut rx, port) = receiver(&out, &[]);
+    let log = d.path().join("audit.log");
+    let mut api = ApiServerLog::new(&log, 32, Mix::Metadata);
+    api.write(100);
+    let mut args = forward_args(&log, &d.path().join("state"), port);
+    args.extend(["--set".into(), "http_listen=\"127.0.0.1:0\"".into()]);
+    args.extend(["--set".into(), "readiness_grace=\"1s\"".into()]);
+    let f = spawn_forward(&args);
+    let hp = http_port(&f);
+    wait_metrics(hp, "lag 0 after 100 acked", |t| {
+        m(t, "events_acked_total", OUT) == 100.0 && m(t, "lag_bytes", OUT) == 0.0
+    });
+    rx.kill9();
+    api.write(200);
+    let t = wait_metrics(hp, "lag > 0 while down", |t| {
+        m(t, "lag_bytes", OUT) > 0.0 && m(t, "lag_seconds", OUT) > 0.0
+    });
+    assert_eq!(m(&t, "connected", OUT), 0.0);
+    // Ready turns to not-ready once the grace period is over; alive all along.
+    let deadline = std::time::Instant::now() + WAIT;
+    while http_get(hp, "/readyz").0 != 503 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz never reported the dead destination"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(http_get(hp, "/healthz").0, 200);
+    let (_rx2, _) = receiver_on(&format!("127.0.0.1:{port}"), &out, &[]);
+    wait_metrics(hp, "lag back to 0", |t| {
+        m(t, "lag_bytes", OUT) == 0.0
+            && m(t, "lag_seconds", OUT) == 0.0
+            && m(t, "events_acked_total", OUT) == 300.0
+    });
+    assert_eq!(http_get(hp, "/readyz").0, 200);
+    assert_eq!(read_lines(&out).len(), 300);
+}
+
+#[test]
+fn sigterm_drains_acks_saves_the_checkpoint_and_exits_0() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out.jsonl");
+    let (_rx, port) = receiver(&out, &[]);
+    let log = d.path().join("audit.log");
+    let state = d.path().join("state");
+    let mut api = ApiServerLog::new(&log, 33, Mix::Metadata);
+    api.write(30_000);
+    let args = forward_args(&log, &state, port);
+    let mut f = spawn_forward(&args);
+    wait_lines(&out, 2000);
+    f.sigterm();
+    assert_eq!(f.wait_exit(), 0, "{}", f.all_logs());
+    let got = read_lines(&out);
+    assert!(got.len() < api.written.len(), "stopped before the end");
+    let cp: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(state.join("checkpoint-default.json")).unwrap(),
+    )
+    .unwrap();
+    let end_of_received: usize = api.written[..got.len()].iter().map(|l| l.len() + 1).sum();
+    assert_eq!(
+        cp["offset"].as_u64().unwrap() as usize,
+        end_of_received,
+        "checkpoint = end of the last acknowledged event"
+    );
+    let mut a = args.clone();
+    a.push("--oneshot".into());
+    let mut f = spawn_forward(&a);
+    assert_eq!(f.wait_exit(), 0, "{}", f.all_logs());
+    assert_eq!(
+        read_lines(&out),
+        api.written,
+        "restart resumed with no loss and no duplicate"
+    );
+}
+
+#[test]
+fn reload_applies_a_new_policy_and_rejects_an_invalid_config() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out.jsonl");
+    let (_rx, port) = receiver(&out, &[]);
+    let log = d.path().join("audit.log");
+    let cfg = d.path().join("config.toml");
+    // Written atomically, as Kubernetes updates a mounted ConfigMap.
+    let put = |text: &str| {
+        let tmp = d.path().join("config.toml.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &cfg).unwrap();
+    };
+    let write_cfg = |policy: &str| {
+        put(&format!(
+            "state_dir = {:?}\nhttp_listen = \"127.0.0.1:0\"\n[tail]\npath = {:?}\npoll_interval = \"20ms\"\n[[outputs]]\npolicy = \"{policy}\"\nport = {port}\n",
+            d.path().join("state").to_str().unwrap(),
+            log.to_str().unwrap()
+        ))
+    };
+    write_cfg("metadata");
+    let mut api = ApiServerLog::new(&log, 34, Mix::Metadata);
+    let f = Proc::spawn(&["forward", "--config", cfg.to_str().unwrap()], &[]);
+    let hp = http_port(&f);
+    api.write(200);
+    wait_lines(&out, 200);
+
+    // A new policy: picked up from the file change.
+    write_cfg("minimal");
+    f.wait_log("configuration reloaded");
+    let before = api.written.len();
+    api.write(300);
+    let lines_b: Vec<String> = api.written[before..].to_vec();
+    let want_b = {
+        let p = audit_forwarder::filter::policy::Policy::load("minimal").unwrap();
+        lines_b
+            .iter()
+            .filter(|l| {
+                audit_forwarder::filter::apply::explain(&p, l.as_bytes())["level"] != "None"
+            })
+            .count()
+    };
+    let got = wait_lines(&out, 200 + want_b);
+    assert_eq!(got.len(), 200 + want_b, "no duplicates after the reload");
+
+    // An invalid config is rejected and the running one keeps working (SIGHUP too).
+    put("[tail]\npaht = 1\n");
+    f.wait_log("configuration reload rejected");
+    unsafe_free_kill(f.child.id(), "HUP");
+    wait_metrics(hp, "two rejected reloads", |t| {
+        metric(
+            t,
+            "audit_forwarder_config_reloads_total",
+            "result=\"invalid\"",
+        ) >= 2.0
+    });
+    let before = api.written.len();
+    api.write(100);
+    let p = audit_forwarder::filter::policy::Policy::load("minimal").unwrap();
+    let want_c = api.written[before..]
+        .iter()
+        .filter(|l| audit_forwarder::filter::apply::explain(&p, l.as_bytes())["level"] != "None")
+        .count();
+    assert_eq!(
+        wait_lines(&out, 200 + want_b + want_c).len(),
+        200 + want_b + want_c
+    );
+}
