@@ -129,6 +129,11 @@ pub struct OutputSection {
     pub max_batch_bytes: usize,
     #[serde(with = "humantime_serde")]
     pub flush_interval: Duration,
+    /// Largest encoded event sent; a larger one is dropped (reason
+    /// `oversize`) rather than stalling the output on a receiver that must
+    /// refuse it. Keep it below the receiver's frame limit (ours: 16 MiB;
+    /// fluent-bit's in_forward: 6 MB).
+    pub max_record_bytes: usize,
     /// Chunks sent and not yet acked.
     pub max_in_flight: usize,
     /// Sealed chunks waiting for a send slot.
@@ -160,6 +165,7 @@ impl Default for OutputSection {
             max_batch_events: 2000,
             max_batch_bytes: 1 << 20,
             flush_interval: Duration::from_millis(100),
+            max_record_bytes: 15 << 20,
             max_in_flight: 4,
             max_pending_chunks: 2,
             retry_min: Duration::from_millis(200),

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -152,7 +152,17 @@ async fn forward(cli: &Cli, a: &ForwardArgs) -> anyhow::Result<ExitCode> {
                     while reload_rx.try_recv().is_ok() {}
                     match config::load(a.config.config.as_deref(), &a.sets()) {
                         Ok(new) => match new.outputs.iter().try_for_each(|o| pipeline::load_policy(o).map(|_| ())) {
-                            Ok(()) => break Ok((new, why)),
+                            Ok(()) => match pipeline::restart_safe(&cfg) {
+                                Ok(()) => break Ok((new, why)),
+                                Err(e) => {
+                                    warn!(reason = why, "configuration reload postponed by 5 s: {e}");
+                                    let tx = reload_tx.clone();
+                                    tokio::spawn(async move {
+                                        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                                        let _ = tx.try_send("postponed reload");
+                                    });
+                                }
+                            },
                             Err(e) => {
                                 metrics.config_reload("invalid");
                                 error!(reason = why, error = %e, "configuration reload rejected; keeping the running configuration");

@@ -164,11 +164,12 @@ impl OutputMetrics {
         f64::from_bits(self.down_since.load(std::sync::atomic::Ordering::Relaxed))
     }
 
-    /// Sets the buffered-bytes gauge and raises its high-water mark.
-    pub fn set_buffered(&self, bytes: i64) {
-        self.buffered_bytes.set(bytes);
-        if bytes > self.buffered_bytes_max.get() {
-            self.buffered_bytes_max.set(bytes);
+    /// Adds to the buffered-bytes gauge (atomically) and raises its
+    /// high-water mark.
+    pub fn add_buffered(&self, bytes: i64) {
+        let now = self.buffered_bytes.inc_by(bytes) + bytes;
+        if now > self.buffered_bytes_max.get() {
+            self.buffered_bytes_max.set(now);
         }
     }
 }

@@ -83,6 +83,26 @@ pub async fn run(
     Ok(reports)
 }
 
+/// Can the outputs be restarted from their checkpoints without losing
+/// data? Not while an output's checkpointed file exists only as a descriptor
+/// its tail holds open (rotated away and deleted): restarting would close it.
+pub fn restart_safe(cfg: &Config) -> Result<(), String> {
+    let cands = crate::source::files::candidates(&cfg.tail.path);
+    for o in &cfg.outputs {
+        let path = cfg.state_dir.join(format!("checkpoint-{}.json", o.name));
+        if let Ok(Some(cp)) = Checkpoint::load(&path)
+            && !cands.iter().any(|c| cp.matches(c))
+        {
+            return Err(format!(
+                "output {:?} is still reading {} (deleted from disk, kept open)",
+                o.name,
+                cp.file.path.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Bytes of the audit log not yet acknowledged: the rest of the watermark's
 /// file plus every file written after it (found by identity among the live
 /// file and its rotated siblings). Without a watermark, everything present.
@@ -171,7 +191,8 @@ fn output(
         chunk_tx,
         cfg.tail.on_invalid,
         m.clone(),
-    );
+    )
+    .with_max_record(o.max_record_bytes);
     let name = o.name.clone();
     let tail_m = m.clone();
     let tail_thread = std::thread::Builder::new()
@@ -293,8 +314,12 @@ fn output(
         stop.store(true, Ordering::Relaxed);
         waker.wake();
         let _ = tokio::task::spawn_blocking(move || tail_thread.join()).await;
+        // Final save, unless it would only refresh the same position.
         let final_pos = wm_rx.borrow().clone();
         if let Some(p) = final_pos
+            && !saved
+                .as_ref()
+                .is_some_and(|s| Arc::ptr_eq(&s.file, &p.file) && s.offset == p.offset)
             && let Some(cp) = save(p).await
         {
             last_cp = Some(cp);

@@ -26,6 +26,8 @@ pub struct Processor {
     on_invalid: OnInvalid,
     m: OutputMetrics,
     warn_invalid: RateLimit,
+    warn_big: RateLimit,
+    max_record: usize,
 }
 
 impl Processor {
@@ -46,7 +48,15 @@ impl Processor {
             on_invalid,
             m,
             warn_invalid: RateLimit::default(),
+            warn_big: RateLimit::default(),
+            max_record: usize::MAX,
         }
+    }
+
+    /// Events whose encoded record is larger are dropped as oversize.
+    pub fn with_max_record(mut self, bytes: usize) -> Self {
+        self.max_record = bytes;
+        self
     }
 
     fn flush(&mut self) -> Result<(), Stopped> {
@@ -66,7 +76,7 @@ impl Processor {
 /// while its queue is full.
 fn seal(batcher: &mut Batcher, tx: &mpsc::Sender<Chunk>, m: &OutputMetrics) -> Result<(), Stopped> {
     if let Some(c) = batcher.take() {
-        m.set_buffered(m.buffered_bytes.get() + c.payload.len() as i64);
+        m.add_buffered(c.payload.len() as i64);
         tx.blocking_send(c).map_err(|_| Stopped)?;
     }
     Ok(())
@@ -106,6 +116,15 @@ impl LineSink for Processor {
                     Outcome::Keep => &self.rec,
                     Outcome::Rewritten => &self.rewritten,
                 };
+                if record.len() > self.max_record {
+                    self.m.dropped("oversize", 1);
+                    if let Some(n) = self.warn_big.allow() {
+                        warn!(path = %file.path.display(), end_offset = end, bytes = record.len(), limit = self.max_record,
+                            suppressed = n, "dropping an event whose encoded size exceeds max_record_bytes");
+                    }
+                    self.batcher.advance(file, end);
+                    return self.maybe_flush();
+                }
                 if self.batcher.would_overflow(record.len()) {
                     seal(&mut self.batcher, &self.tx, &self.m)?;
                 }
@@ -126,7 +145,14 @@ impl LineSink for Processor {
                         self.rec.clear();
                         self.rec.push(0x82);
                         write_str(&mut self.rec, b"log");
-                        write_str(&mut self.rec, String::from_utf8_lossy(line).as_bytes());
+                        let text = String::from_utf8_lossy(line);
+                        // Keep the raw record under the size limit (U+FFFD
+                        // triples invalid bytes).
+                        let mut cut = text.len().min(self.max_record.saturating_sub(1024));
+                        while !text.is_char_boundary(cut) {
+                            cut -= 1;
+                        }
+                        write_str(&mut self.rec, &text.as_bytes()[..cut]);
                         write_str(&mut self.rec, b"error");
                         write_str(&mut self.rec, e.to_string().as_bytes());
                         if self.batcher.would_overflow(self.rec.len()) {
@@ -150,6 +176,7 @@ impl LineSink for Processor {
     ) -> Result<(), Stopped> {
         match why {
             Skip::Oversize => self.m.dropped("oversize", 1),
+            Skip::Blank => {}
         }
         self.batcher.advance(file, end);
         self.maybe_flush()

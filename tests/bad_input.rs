@@ -213,3 +213,54 @@ fn a_fifo_or_directory_at_the_path_is_reported_and_waited_out() {
     std::fs::write(&log, format!("{A}\n")).unwrap();
     assert_eq!(wait_lines(&out, 1), vec![A.to_string()]);
 }
+
+#[test]
+fn an_event_larger_than_max_record_bytes_is_dropped_not_stalling_the_output() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out.jsonl");
+    // The receiver refuses frames over 64 KiB; the forwarder caps records at 32 KiB.
+    let (_rx, port) = receiver(&out, &["--set", "receive.max_frame_bytes=65536"]);
+    let log = d.path().join("audit.log");
+    let big = format!("{{\"auditID\":\"big\",\"x\":\"{}\"}}", "y".repeat(100_000));
+    std::fs::write(&log, format!("{A}\n{big}\n{B}\n")).unwrap();
+    let f = oneshot(
+        &log,
+        &d.path().join("state"),
+        port,
+        &["--set", "output.max_record_bytes=32768"],
+    );
+    assert_eq!(read_lines(&out), vec![A.to_string(), B.to_string()]);
+    assert!(
+        f.all_logs().contains("exceeds max_record_bytes"),
+        "{}",
+        f.all_logs()
+    );
+}
+
+#[test]
+fn copytruncate_followed_by_more_data_than_was_read_is_detected_while_running() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out.jsonl");
+    let (_rx, port) = receiver(&out, &[]);
+    let log = d.path().join("audit.log");
+    let mut api = ApiServerLog::new(&log, 41, audit_forwarder::synth::Mix::Metadata);
+    api.write(50);
+    let f = spawn_forward(&forward_args(&log, &d.path().join("state"), port));
+    wait_lines(&out, 50);
+    // Truncate in place and write more than had been read before.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&log)
+        .unwrap();
+    let before = api.written.len();
+    let mut api2 = ApiServerLog::new(&log, 42, audit_forwarder::synth::Mix::Metadata);
+    api2.write(200);
+    let got = wait_lines(&out, before + 200);
+    assert_eq!(
+        got[before..],
+        api2.written[..],
+        "the rewritten file is read from its start, intact"
+    );
+    f.wait_log("truncated in place");
+}

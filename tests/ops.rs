@@ -236,4 +236,8 @@ fn reload_applies_a_new_policy_and_rejects_an_invalid_config() {
         wait_lines(&out, 200 + want_b + want_c).len(),
         200 + want_b + want_c
     );
+    // Chunks dropped by the reload left the buffer gauge: it returns to 0.
+    wait_metrics(hp, "buffered_bytes back to 0", |t| {
+        metric(t, "audit_forwarder_buffered_bytes", "output=\"default\"") == 0.0
+    });
 }

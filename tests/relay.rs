@@ -259,3 +259,40 @@ fn a_checkpointed_file_deleted_while_down_is_reported_as_a_gap() {
     );
     assert_eq!(got[100..], api.written[150..]);
 }
+
+#[test]
+fn after_a_gap_every_surviving_rotated_file_is_read() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("received.jsonl");
+    let (_rx, port) = receiver(&out, &[]);
+    let log = d.path().join("audit.log");
+    let state = d.path().join("state");
+    let mut api = ApiServerLog::new(&log, 7, Mix::Metadata);
+    api.write(100);
+    let mut args = forward_args(&log, &state, port);
+    args.push("--oneshot".into());
+    let mut f = spawn_forward(&args);
+    assert_eq!(f.wait_exit(), 0, "{}", f.all_logs());
+    // While down: A rotated (then deleted), B written and rotated, C live.
+    api.write(10);
+    let a = api.rotate();
+    api.write(40);
+    api.rotate();
+    api.write(30);
+    std::fs::remove_file(&a).unwrap();
+    // A checkpoint saved late (e.g. at a graceful stop) must not hide B.
+    let cp_path = state.join("checkpoint-default.json");
+    let mut cp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cp_path).unwrap()).unwrap();
+    cp["saved_at_ms"] = serde_json::json!(4_102_444_800_000u64); // year 2100
+    std::fs::write(&cp_path, cp.to_string()).unwrap();
+    let mut f = spawn_forward(&args);
+    assert_eq!(f.wait_exit(), 0, "{}", f.all_logs());
+    assert!(f.all_logs().contains("DATA GAP"));
+    let got = read_lines(&out);
+    assert_eq!(
+        got[100..],
+        api.written[110..],
+        "B and C arrive; only A's 10 unread events are the gap"
+    );
+}

@@ -122,6 +122,20 @@ pub enum ClientEnd {
     Shutdown { unacked: usize },
 }
 
+impl Drop for Client {
+    /// Chunks never acknowledged leave the buffer with the client (they are
+    /// read again from the file after a restart or reload).
+    fn drop(&mut self) {
+        self.rx.close();
+        while let Ok(c) = self.rx.try_recv() {
+            self.m.buffered_bytes.dec_by(c.payload.len() as i64);
+        }
+        for s in self.queue.drain(..) {
+            self.m.buffered_bytes.dec_by(s.chunk.payload.len() as i64);
+        }
+    }
+}
+
 impl Client {
     pub fn new(
         cfg: ClientConfig,
@@ -284,9 +298,16 @@ impl Client {
                     self.rx.close();
                     self.input_closed = true;
                     while let Ok(c) = self.rx.try_recv() {
-                        drop(c);
+                        self.m.buffered_bytes.dec_by(c.payload.len() as i64);
                     }
-                    self.queue.retain(|s| s.state != State::Unsent);
+                    let m = self.m.clone();
+                    self.queue.retain(|s| {
+                        let keep = s.state != State::Unsent;
+                        if !keep {
+                            m.buffered_bytes.dec_by(s.chunk.payload.len() as i64);
+                        }
+                        keep
+                    });
                 }
                 if self.unacked() == 0 {
                     return Ok(());
@@ -302,7 +323,11 @@ impl Client {
                 State::Sent(d) => Some(d),
                 _ => None,
             });
-            let can_take = !self.input_closed && in_flight < self.cfg.max_in_flight;
+            // Count every slot, acked or not: acks out of order must not let
+            // the queue grow past the memory bound.
+            let can_take = !self.input_closed
+                && in_flight < self.cfg.max_in_flight
+                && self.queue.len() < self.cfg.max_in_flight;
             tokio::select! {
                 biased;
                 _ = crate::stopped(&mut sd), if !self.input_closed => {}

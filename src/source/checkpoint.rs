@@ -174,21 +174,27 @@ pub fn resolve(cp: &Checkpoint, cands: &[Candidate]) -> Resume {
             offset: cp.offset,
         };
     }
-    if let Some(c) = cands
-        .iter()
-        .find(|c| c.dev == cp.file.dev && c.ino == cp.file.ino && c.gz == cp.file.gz)
+    // Same inode, other leading bytes, and nothing rotated after it: the
+    // live file was truncated and rewritten in place. (A rotated sibling
+    // after it would mean the inode was reused by a newer file instead.)
+    if let Some(c) = cands.last()
+        && c.live
+        && c.dev == cp.file.dev
+        && c.ino == cp.file.ino
+        && cands
+            .iter()
+            .filter(|o| !o.live)
+            .all(|o| o.mtime <= cp.saved_at())
     {
         return Resume::Rewritten {
             candidate: c.clone(),
         };
     }
-    // Files modified after the checkpoint was written may hold events after it.
-    let since = cp
-        .saved_at()
-        .checked_sub(Duration::from_secs(1))
-        .unwrap_or(UNIX_EPOCH);
+    // The file is gone. kube-apiserver deletes the oldest rotated files
+    // first, so every file still present is newer: read them all (at worst
+    // a file is read again; never skipped).
     Resume::Gap {
-        next: cands.iter().find(|c| c.mtime >= since).cloned(),
+        next: cands.first().cloned(),
     }
 }
 

@@ -50,6 +50,14 @@ impl FileInfo {
         }
     }
 
+    /// Up to `n` of the first bytes read.
+    pub fn head_prefix(&self, n: usize) -> Vec<u8> {
+        self.head
+            .lock()
+            .map(|h| h[..n.min(h.len())].to_vec())
+            .unwrap_or_default()
+    }
+
     /// Fingerprint of the first `min(upto, FINGERPRINT_BYTES)` bytes: (hex sha256, length).
     pub fn fingerprint(&self, upto: u64) -> (String, usize) {
         let h = self.head.lock().map(|h| h.clone()).unwrap_or_default();
@@ -75,6 +83,8 @@ pub struct Position {
 pub enum Skip {
     /// A line longer than `max_line_bytes`.
     Oversize,
+    /// An empty or blank line: nothing to forward, but the position moves.
+    Blank,
 }
 
 /// Returned by a sink when the pipeline is shutting down.

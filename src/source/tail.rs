@@ -171,13 +171,23 @@ impl Tail {
         resume: Option<Checkpoint>,
         sink: &mut dyn LineSink,
     ) -> Result<TailEnd, Stopped> {
-        self.begin(resume);
-        if let Some(c) = &self.cur {
-            sink.start(&c.info, c.read_off)?;
-        }
+        // The starting point stays pending until it could be opened: a failed
+        // open must not fall through to "the next file" and skip data.
+        let mut pending = Some(resume);
         loop {
             if self.stop.load(Ordering::Relaxed) {
                 return Ok(TailEnd::Stopped);
+            }
+            if let Some(r) = pending.take() {
+                if !self.begin(r.clone()) {
+                    pending = Some(r);
+                    sink.idle()?;
+                    self.wait();
+                    continue;
+                }
+                if let Some(c) = &self.cur {
+                    sink.start(&c.info, c.read_off)?;
+                }
             }
             if self.cur.is_none() && !self.open_next() {
                 if self.cfg.oneshot {
@@ -206,8 +216,9 @@ impl Tail {
         }
     }
 
-    /// Chooses the first file to read.
-    fn begin(&mut self, resume: Option<Checkpoint>) {
+    /// Chooses and opens the first file to read. False when that file could
+    /// not be opened (retried later).
+    fn begin(&mut self, resume: Option<Checkpoint>) -> bool {
         let cands = files::candidates(&self.cfg.path);
         match resume {
             Some(cp) => match checkpoint::resolve(&cp, &cands) {
@@ -221,14 +232,14 @@ impl Tail {
                         offset
                     };
                     info!(path = %candidate.path.display(), offset, "resuming from checkpoint");
-                    self.open(&candidate, offset);
+                    self.open(&candidate, offset)
                 }
                 Resume::Rewritten { candidate } => {
                     self.m.truncations.inc();
                     warn!(path = %candidate.path.display(), offset = cp.offset,
                         "audit log was truncated and rewritten in place (copytruncate) while the forwarder was down; \
                          reading it from the start (events written before the truncation and not yet forwarded are lost)");
-                    self.open(&candidate, 0);
+                    self.open(&candidate, 0)
                 }
                 Resume::Gap { next } => {
                     self.m.gaps.inc();
@@ -237,8 +248,9 @@ impl Tail {
                         "DATA GAP: the checkpointed file no longer exists (rotated away and deleted while \
                          the forwarder was down); events after this offset in it were not forwarded"
                     );
-                    if let Some(c) = next {
-                        self.open(&c, 0);
+                    match next {
+                        Some(c) => self.open(&c, 0),
+                        None => true,
                     }
                 }
             },
@@ -248,8 +260,9 @@ impl Tail {
                     StartAt::Beginning => cands.iter().find(|c| c.live).map(|c| (c, 0)),
                     StartAt::End => cands.iter().find(|c| c.live).map(|c| (c, c.len)),
                 };
-                if let Some((c, off)) = first {
-                    self.open(c, off);
+                match first {
+                    Some((c, off)) => self.open(c, off),
+                    None => true,
                 }
             }
         }
@@ -296,11 +309,24 @@ impl Tail {
         let r = (|| -> std::io::Result<Open> {
             let mut f = File::open(&c.path)?;
             let meta = f.metadata()?;
+            if meta.dev() != c.dev || meta.ino() != c.ino {
+                // Rotated between listing and opening: list again.
+                return Err(std::io::Error::other("file replaced while opening it"));
+            }
             let info = Arc::new(FileInfo::new(c.path.clone(), meta.dev(), meta.ino(), c.gz));
             let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-            // Re-read the head so fingerprints cover bytes before `offset`.
+            // Re-read the head so fingerprints cover bytes before `offset`
+            // (through this descriptor, so it is this file's head).
             if offset > 0 {
-                let head = files::read_head(&c.path, c.gz, FINGERPRINT_BYTES.min(offset as usize))?;
+                let n = FINGERPRINT_BYTES.min(offset as usize);
+                let head = if c.gz {
+                    files::read_head(&c.path, true, n)?
+                } else {
+                    let mut h = vec![0; n];
+                    let got = std::os::unix::fs::FileExt::read_at(&f, &mut h, 0)?;
+                    h.truncate(got);
+                    h
+                };
                 info.note_head(0, &head);
             }
             let rd = if c.gz {
@@ -399,6 +425,8 @@ impl Tail {
                 } else if !line.iter().all(u8::is_ascii_whitespace) {
                     self.m.lines_read.inc();
                     sink.line(line, &info, end_off)?;
+                } else {
+                    sink.skipped(Skip::Blank, line.len() as u64 + 1, &info, end_off)?;
                 }
             }
             self.start = nl + 1;
@@ -440,7 +468,7 @@ impl Tail {
         if cur.live {
             match std::fs::metadata(&self.cfg.path) {
                 Ok(m) if m.dev() == cur.info.dev && m.ino() == cur.info.ino => {
-                    if m.len() < cur.read_off {
+                    if m.len() < cur.read_off || self.head_changed() {
                         self.truncated();
                         return Ok(false);
                     }
@@ -457,6 +485,17 @@ impl Tail {
                     self.wait();
                     Ok(false)
                 }
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    // Not a rotation (EACCES, ESTALE, EIO...): keep the file.
+                    self.m.read_errors.inc();
+                    if let Some(n) = self.warn_read.allow() {
+                        warn!(path = %self.cfg.path.display(), error = %e, suppressed = n,
+                            "cannot stat the audit log; keeping the open file and retrying");
+                    }
+                    sink.idle()?;
+                    self.wait();
+                    Ok(false)
+                }
                 _ => {
                     // Renamed, replaced or deleted: drain what is left from the
                     // open descriptor, then move on.
@@ -469,6 +508,26 @@ impl Tail {
         } else {
             self.finish_file(sink)?;
             Ok(false)
+        }
+    }
+
+    /// Did the first bytes of the open (plain) file change? Truncation that
+    /// was followed by more writes than we had read is caught this way.
+    fn head_changed(&self) -> bool {
+        let Some(cur) = self.cur.as_ref() else {
+            return false;
+        };
+        let Reader::Plain(f) = &cur.rd else {
+            return false;
+        };
+        let known = cur.info.head_prefix(64);
+        if known.is_empty() {
+            return false;
+        }
+        let mut now = vec![0; known.len()];
+        match std::os::unix::fs::FileExt::read_at(f, &mut now, 0) {
+            Ok(n) => now[..n] != known[..n.min(known.len())] || n < known.len(),
+            Err(_) => false,
         }
     }
 
