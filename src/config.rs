@@ -110,6 +110,14 @@ pub struct OutputSection {
     pub policy: Option<String>,
     /// A policy file (alternative to `policy`).
     pub policy_file: Option<PathBuf>,
+    /// Shared key of the Forward handshake (the server must be configured
+    /// with the same key; it then speaks first).
+    pub shared_key: Option<String>,
+    /// User authentication in the handshake (with `shared_key`).
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Hostname sent in the handshake (default: this machine's).
+    pub self_hostname: Option<String>,
     /// Forward tag of every event.
     pub tag: String,
     pub host: String,
@@ -154,6 +162,10 @@ impl Default for OutputSection {
             path: None,
             policy: None,
             policy_file: None,
+            shared_key: None,
+            username: None,
+            password: None,
+            self_hostname: None,
             tag: "audit".into(),
             host: "127.0.0.1".into(),
             port: 24224,
@@ -215,6 +227,19 @@ pub struct ReceiveSection {
     pub idle_timeout: Duration,
     /// How many recent chunk ids are remembered to drop resent duplicates.
     pub dedupe_window: usize,
+    /// Require the Forward handshake with this shared key.
+    pub shared_key: Option<String>,
+    /// With `shared_key`: also require one of these users.
+    pub users: Vec<UserSection>,
+    /// Hostname sent in HELO/PONG (default: this machine's).
+    pub self_hostname: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserSection {
+    pub username: String,
+    pub password: String,
 }
 
 impl Default for ReceiveSection {
@@ -227,6 +252,9 @@ impl Default for ReceiveSection {
             max_connections: 1024,
             idle_timeout: Duration::from_secs(600),
             dedupe_window: 4096,
+            shared_key: None,
+            users: Vec::new(),
+            self_hostname: None,
         }
     }
 }
@@ -357,12 +385,23 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
         if o.kind == OutputKind::File && o.path.is_none() {
             errs.push(format!("outputs[{i}].path: required with type = \"file\""));
         }
+        if (o.username.is_some() || o.password.is_some()) && o.shared_key.is_none() {
+            errs.push(format!(
+                "outputs[{i}]: username/password need shared_key (the handshake carries them)"
+            ));
+        }
+        if o.username.is_some() != o.password.is_some() {
+            errs.push(format!("outputs[{i}]: set both username and password"));
+        }
         if o.tag.is_empty() {
             errs.push(format!("outputs[{i}].tag: must not be empty"));
         }
     }
     if cfg.tail.max_line_bytes == 0 {
         errs.push("tail.max_line_bytes: must be > 0".into());
+    }
+    if !cfg.receive.users.is_empty() && cfg.receive.shared_key.is_none() {
+        errs.push("receive.users: needs receive.shared_key (the handshake carries them)".into());
     }
     if cfg.receive.max_frame_bytes < 1024 {
         errs.push("receive.max_frame_bytes: must be at least 1024".into());

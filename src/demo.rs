@@ -40,6 +40,7 @@ async fn receiver(
             idle_timeout: Duration::from_secs(60),
             dedupe_window: 4096,
             output: Output::File(out.to_path_buf()),
+            security: None,
         },
         metrics.receiver(),
     )

@@ -233,6 +233,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     idle_timeout: r.idle_timeout,
                     dedupe_window: r.dedupe_window,
                     output,
+                    security: r.shared_key.as_ref().map(|k| {
+                        audit_forwarder::forward::auth::ServerSecurity {
+                            shared_key: k.clone(),
+                            hostname: r.self_hostname.clone().unwrap_or_else(|| {
+                                audit_forwarder::forward::protocol::handshake::hostname(
+                                    "audit-forwarder-receiver",
+                                )
+                            }),
+                            users: r
+                                .users
+                                .iter()
+                                .map(|u| (u.username.clone(), u.password.clone()))
+                                .collect(),
+                        }
+                    }),
                 },
                 metrics.receiver(),
             )

@@ -218,6 +218,17 @@ fn output(
             max_in_flight: o.max_in_flight,
             retry_min: o.retry_min,
             retry_max: o.retry_max,
+            security: o
+                .shared_key
+                .as_ref()
+                .map(|k| crate::forward::auth::ClientSecurity {
+                    shared_key: k.clone(),
+                    hostname: o.self_hostname.clone().unwrap_or_else(|| {
+                        crate::forward::protocol::handshake::hostname("audit-forwarder")
+                    }),
+                    username: o.username.clone().unwrap_or_default(),
+                    password: o.password.clone().unwrap_or_default(),
+                }),
             local: match o.kind {
                 OutputKind::Forward => None,
                 OutputKind::Stdout => Some(Output::Stdout),

@@ -6,6 +6,7 @@
 //! chunks that were acknowledged (or carried no events). Only that position
 //! may be checkpointed (DESIGN.md invariant 1).
 
+use super::auth::AuthError;
 use super::batch::Chunk;
 use super::protocol::decode_ack;
 use super::protocol::frame::{self, Frame};
@@ -32,6 +33,8 @@ pub struct ClientConfig {
     pub retry_max: Duration,
     /// Write JSON lines locally (stdout or a file) instead of forwarding.
     pub local: Option<crate::forward::server::Output>,
+    /// Shared key (and user) for the handshake; `None`: no handshake.
+    pub security: Option<crate::forward::auth::ClientSecurity>,
 }
 
 impl ClientConfig {
@@ -55,6 +58,8 @@ pub enum SessionError {
     WriteTimeout(Duration),
     #[error("invalid response from the server: {0}")]
     Protocol(String),
+    #[error("handshake: {0}")]
+    Auth(#[from] crate::forward::auth::AuthError),
 }
 
 impl SessionError {
@@ -66,6 +71,8 @@ impl SessionError {
             SessionError::AckTimeout(_) => "ack_timeout",
             SessionError::WriteTimeout(_) => "write_timeout",
             SessionError::Protocol(_) => "protocol",
+            SessionError::Auth(AuthError::Rejected(_) | AuthError::BadServerDigest) => "auth",
+            SessionError::Auth(_) => "handshake",
         }
     }
 }
@@ -266,13 +273,23 @@ impl Client {
     /// One connection's life. `Ok` when there is nothing left to do.
     async fn session(&mut self, backoff: &mut Backoff) -> Result<(), SessionError> {
         let mut sd = self.shutdown.clone();
-        let stream = tokio::select! {
+        let mut stream = tokio::select! {
             s = self.connect() => s?,
             _ = crate::stopped(&mut sd) => return Ok(()),
         };
+        let mut rbuf: Vec<u8> = Vec::with_capacity(4096);
+        let mut keepalive = true;
+        if let Some(sec) = &self.cfg.security {
+            keepalive =
+                crate::forward::auth::client(&mut stream, sec, self.cfg.connect_timeout, &mut rbuf)
+                    .await?;
+        }
+        // keepalive false (spec §HELO): the server closes after each message.
+        let max_in_flight = if keepalive { self.cfg.max_in_flight } else { 1 };
         debug!(server = %self.cfg.addr(), "connected");
         let _ = self.connected.send(true);
         self.m.set_connected(true);
+        let mut acked_here = false;
         let (mut rd, mut wr) = tokio::io::split(stream);
         // Everything not acknowledged goes again, in order, same chunk ids.
         let mut resent = 0;
@@ -286,7 +303,6 @@ impl Client {
         if resent > 0 {
             info!(server = %self.cfg.addr(), chunks = resent, "reconnected; resent unacknowledged chunks");
         }
-        let mut rbuf: Vec<u8> = Vec::with_capacity(4096);
         loop {
             if self.input_closed && self.queue.is_empty() {
                 let _ = wr.flush().await;
@@ -325,17 +341,19 @@ impl Client {
             });
             // Count every slot, acked or not: acks out of order must not let
             // the queue grow past the memory bound.
-            let can_take = !self.input_closed
-                && in_flight < self.cfg.max_in_flight
-                && self.queue.len() < self.cfg.max_in_flight;
+            let can_take =
+                !self.input_closed && in_flight < max_in_flight && self.queue.len() < max_in_flight;
             tokio::select! {
                 biased;
                 _ = crate::stopped(&mut sd), if !self.input_closed => {}
                 n = rd.read_buf(&mut rbuf) => {
                     if n? == 0 {
-                        return Err(SessionError::Closed);
+                        // A close with nothing in flight after progress is
+                        // normal (keepalive false, idle timeouts): reconnect.
+                        let waiting = self.queue.iter().any(|s| matches!(s.state, State::Sent(_)));
+                        return if acked_here && !waiting { Ok(()) } else { Err(SessionError::Closed) };
                     }
-                    self.read_acks(&mut rbuf)?;
+                    acked_here |= self.read_acks(&mut rbuf)?;
                     backoff.reset();
                 }
                 c = self.rx.recv(), if can_take => match c {
@@ -382,9 +400,11 @@ impl Client {
         Ok(())
     }
 
-    /// Parses every complete response in `buf` (spec §Response).
-    fn read_acks(&mut self, buf: &mut Vec<u8>) -> Result<(), SessionError> {
+    /// Parses every complete response in `buf` (spec §Response). True when
+    /// at least one ack was read.
+    fn read_acks(&mut self, buf: &mut Vec<u8>) -> Result<bool, SessionError> {
         let mut used = 0;
+        let mut any = false;
         loop {
             match frame::measure(&buf[used..], 64 * 1024) {
                 Ok(Frame::Complete(n)) => {
@@ -393,6 +413,7 @@ impl Client {
                         Ok(Some(id)) => {
                             let id = id.to_vec();
                             self.on_ack(&id);
+                            any = true;
                         }
                         Ok(None) => debug!("response without ack ignored"),
                         Err(e) => return Err(SessionError::Protocol(e.to_string())),
@@ -404,7 +425,7 @@ impl Client {
             }
         }
         buf.drain(..used);
-        Ok(())
+        Ok(any)
     }
 
     fn on_ack(&mut self, id: &[u8]) {

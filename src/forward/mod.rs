@@ -1,6 +1,7 @@
 //! The Fluent Forward protocol: wire forms, the encoder and batcher, the
 //! client (sidecar side) and the server (in-cluster receiver).
 
+pub mod auth;
 pub mod batch;
 pub mod client;
 pub mod encode;

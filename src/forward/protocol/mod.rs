@@ -4,6 +4,7 @@
 //! <https://github.com/fluent/fluentd/wiki/Forward-Protocol-Specification-v1>.
 
 pub mod frame;
+pub mod handshake;
 pub mod reader;
 
 use reader::{MsgReader, ReadError};

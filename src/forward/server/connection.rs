@@ -24,6 +24,8 @@ pub enum ConnError {
     Io(#[from] std::io::Error),
     #[error("writing the output failed: {0}")]
     Output(std::io::Error),
+    #[error("handshake: {0}")]
+    Auth(#[from] crate::forward::auth::AuthError),
 }
 
 impl ConnError {
@@ -36,6 +38,8 @@ impl ConnError {
             ConnError::Truncated(_) => "truncated",
             ConnError::Io(_) => "io",
             ConnError::Output(_) => "output",
+            ConnError::Auth(crate::forward::auth::AuthError::Rejected(_)) => "auth",
+            ConnError::Auth(_) => "handshake",
         }
     }
 }
@@ -61,6 +65,14 @@ impl Connection {
 
     /// Serves until the peer closes. A protocol error ends this connection only.
     pub async fn run(mut self) -> Result<(), ConnError> {
+        if let Some(sec) = self.shared.cfg.security.clone() {
+            let t = self
+                .shared
+                .cfg
+                .idle_timeout
+                .min(std::time::Duration::from_secs(30));
+            crate::forward::auth::server(&mut self.stream, &sec, t, &mut self.buf).await?;
+        }
         loop {
             let need =
                 match frame::measure(&self.buf[self.start..], self.shared.cfg.max_frame_bytes)? {

@@ -27,6 +27,8 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     pub dedupe_window: usize,
     pub output: Output,
+    /// Require the handshake (spec §Handshake Messages).
+    pub security: Option<crate::forward::auth::ServerSecurity>,
 }
 
 /// Shared by every connection.

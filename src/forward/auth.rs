@@ -1,0 +1,182 @@
+//! Running the handshake (spec §Handshake Messages) over a connection: the
+//! client answers HELO with PING and checks PONG; the server sends HELO,
+//! checks PING (shared key, optional user and password) and answers PONG.
+
+use super::protocol::frame::{self, Frame};
+use super::protocol::handshake::{
+    HandshakeError, Helo, Ping, Pong, password_digest, shared_key_digest,
+};
+use crate::transport::Stream;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Client credentials of an output.
+#[derive(Debug, Clone)]
+pub struct ClientSecurity {
+    pub shared_key: String,
+    pub hostname: String,
+    pub username: String,
+    pub password: String,
+}
+
+/// Receiver security settings.
+#[derive(Debug, Clone)]
+pub struct ServerSecurity {
+    pub shared_key: String,
+    pub hostname: String,
+    /// (username, password); empty: no user authentication.
+    pub users: Vec<(String, String)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error(
+        "no HELO from the server within {0:?}: a shared_key is configured here, but the server does not seem to require the handshake"
+    )]
+    NoHelo(Duration),
+    #[error("handshake timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("connection closed during the handshake")]
+    Closed,
+    #[error("authentication failed: {0}")]
+    Rejected(String),
+    #[error(
+        "the server's PONG digest does not match the shared key: wrong key, or not the expected server"
+    )]
+    BadServerDigest,
+    #[error("the server claims this client's own hostname {0:?}")]
+    SameHostname(String),
+    #[error("{0}")]
+    Protocol(#[from] HandshakeError),
+    #[error("handshake frame: {0}")]
+    Frame(#[from] frame::FrameError),
+    #[error("i/o during the handshake: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads one complete msgpack value into `buf` (which may already hold
+/// bytes) and returns its length.
+async fn read_frame(
+    s: &mut Stream,
+    buf: &mut Vec<u8>,
+    t: Duration,
+    no_data: AuthError,
+) -> Result<usize, AuthError> {
+    let deadline = tokio::time::Instant::now() + t;
+    let mut first = true;
+    loop {
+        if let Frame::Complete(n) = frame::measure(buf, 64 * 1024)? {
+            return Ok(n);
+        }
+        let r = tokio::time::timeout_at(deadline, s.read_buf(buf)).await;
+        match r {
+            Err(_) if first && buf.is_empty() => return Err(no_data),
+            Err(_) => return Err(AuthError::Timeout(t)),
+            Ok(Ok(0)) => return Err(AuthError::Closed),
+            Ok(Ok(_)) => first = false,
+            Ok(Err(e)) => return Err(e.into()),
+        }
+    }
+}
+
+/// Client side. Returns the server's keepalive flag; bytes read past the
+/// PONG stay in `buf`.
+pub async fn client(
+    s: &mut Stream,
+    sec: &ClientSecurity,
+    t: Duration,
+    buf: &mut Vec<u8>,
+) -> Result<bool, AuthError> {
+    let n = read_frame(s, buf, t, AuthError::NoHelo(t)).await?;
+    let helo = Helo::decode(&buf[..n])?;
+    buf.drain(..n);
+    let salt: [u8; 16] = rand::random();
+    let ping = Ping {
+        hostname: sec.hostname.as_bytes().to_vec(),
+        salt: salt.to_vec(),
+        digest: shared_key_digest(
+            &salt,
+            sec.hostname.as_bytes(),
+            &helo.nonce,
+            sec.shared_key.as_bytes(),
+        ),
+        username: sec.username.as_bytes().to_vec(),
+        password_digest: if helo.auth.is_empty() {
+            String::new()
+        } else {
+            password_digest(&helo.auth, sec.username.as_bytes(), sec.password.as_bytes())
+        },
+    };
+    s.write_all(&ping.encode()).await?;
+    let n = read_frame(s, buf, t, AuthError::Timeout(t)).await?;
+    let pong = Pong::decode(&buf[..n])?;
+    buf.drain(..n);
+    if !pong.ok {
+        return Err(AuthError::Rejected(pong.reason));
+    }
+    if pong.hostname == sec.hostname.as_bytes() {
+        return Err(AuthError::SameHostname(sec.hostname.clone()));
+    }
+    let want = shared_key_digest(
+        &salt,
+        &pong.hostname,
+        &helo.nonce,
+        sec.shared_key.as_bytes(),
+    );
+    if pong.digest != want {
+        return Err(AuthError::BadServerDigest);
+    }
+    Ok(helo.keepalive)
+}
+
+/// Server side. On failure the client gets a PONG with the reason before the
+/// error is returned (and the connection closed by the caller).
+pub async fn server(
+    s: &mut Stream,
+    sec: &ServerSecurity,
+    t: Duration,
+    buf: &mut Vec<u8>,
+) -> Result<(), AuthError> {
+    let nonce: [u8; 16] = rand::random();
+    let auth: Vec<u8> = if sec.users.is_empty() {
+        Vec::new()
+    } else {
+        rand::random::<[u8; 16]>().to_vec()
+    };
+    let helo = Helo {
+        nonce: nonce.to_vec(),
+        auth: auth.clone(),
+        keepalive: true,
+    };
+    s.write_all(&helo.encode()).await?;
+    let n = read_frame(s, buf, t, AuthError::Timeout(t)).await?;
+    let ping = Ping::decode(&buf[..n])?;
+    buf.drain(..n);
+    let key = sec.shared_key.as_bytes();
+    let verdict = if ping.hostname == sec.hostname.as_bytes() {
+        Err("client hostname is the same as the server's")
+    } else if ping.digest != shared_key_digest(&ping.salt, &ping.hostname, &nonce, key) {
+        Err("shared_key mismatch")
+    } else if !sec.users.is_empty()
+        && !sec.users.iter().any(|(u, p)| {
+            u.as_bytes() == ping.username
+                && ping.password_digest == password_digest(&auth, u.as_bytes(), p.as_bytes())
+        })
+    {
+        Err("username/password mismatch")
+    } else {
+        Ok(())
+    };
+    let pong = Pong {
+        ok: verdict.is_ok(),
+        reason: verdict.err().unwrap_or("").to_string(),
+        hostname: sec.hostname.as_bytes().to_vec(),
+        digest: if verdict.is_ok() {
+            shared_key_digest(&ping.salt, sec.hostname.as_bytes(), &nonce, key)
+        } else {
+            String::new()
+        },
+    };
+    s.write_all(&pong.encode()).await?;
+    verdict.map_err(|r| AuthError::Rejected(r.to_string()))
+}
