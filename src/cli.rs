@@ -81,6 +81,18 @@ pub struct ForwardArgs {
     /// Forward tag of the first output (`output.tag`).
     #[arg(long)]
     pub tag: Option<String>,
+    /// CA bundle for TLS to the first output; turns TLS on (predecessor's flag).
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate for mutual TLS (predecessor's flag).
+    #[arg(long, value_name = "FILE")]
+    pub tls_crt_file: Option<PathBuf>,
+    /// Client key for mutual TLS (predecessor's flag).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Server name to verify instead of the host (predecessor's flag, fluent-bit's tls.vhost).
+    #[arg(long, value_name = "NAME")]
+    pub tls_vhost: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -127,6 +139,28 @@ impl ForwardArgs {
         }
         if let Some(t) = &self.tag {
             v.push(format!("output.tag={}", quote(t)));
+        }
+        if let Some(p) = &self.tls_ca_file {
+            v.push("output.tls=true".into());
+            v.push(format!(
+                "output.tls_ca_file={}",
+                quote(&p.to_string_lossy())
+            ));
+        }
+        if let Some(p) = &self.tls_crt_file {
+            v.push(format!(
+                "output.tls_cert_file={}",
+                quote(&p.to_string_lossy())
+            ));
+        }
+        if let Some(p) = &self.tls_key_file {
+            v.push(format!(
+                "output.tls_key_file={}",
+                quote(&p.to_string_lossy())
+            ));
+        }
+        if let Some(n) = &self.tls_vhost {
+            v.push(format!("output.tls_server_name={}", quote(n)));
         }
         v
     }

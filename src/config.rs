@@ -118,6 +118,16 @@ pub struct OutputSection {
     pub password: Option<String>,
     /// Hostname sent in the handshake (default: this machine's).
     pub self_hostname: Option<String>,
+    /// TLS to the destination (TLS 1.2+, rustls).
+    pub tls: bool,
+    /// CA bundle that signs the destination's certificate.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate and key (mutual TLS).
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// Name to verify in the server certificate instead of `host`
+    /// (fluent-bit's `tls.vhost`).
+    pub tls_server_name: Option<String>,
     /// Forward tag of every event.
     pub tag: String,
     pub host: String,
@@ -166,6 +176,11 @@ impl Default for OutputSection {
             username: None,
             password: None,
             self_hostname: None,
+            tls: false,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_server_name: None,
             tag: "audit".into(),
             host: "127.0.0.1".into(),
             port: 24224,
@@ -233,6 +248,11 @@ pub struct ReceiveSection {
     pub users: Vec<UserSection>,
     /// Hostname sent in HELO/PONG (default: this machine's).
     pub self_hostname: Option<String>,
+    /// TLS: server certificate and key (both set = TLS on).
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// Require client certificates signed by this CA (mutual TLS).
+    pub tls_client_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -255,6 +275,9 @@ impl Default for ReceiveSection {
             shared_key: None,
             users: Vec::new(),
             self_hostname: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
         }
     }
 }
@@ -393,6 +416,16 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
         if o.username.is_some() != o.password.is_some() {
             errs.push(format!("outputs[{i}]: set both username and password"));
         }
+        if o.tls && o.tls_ca_file.is_none() {
+            errs.push(format!(
+                "outputs[{i}].tls_ca_file: required with tls = true"
+            ));
+        }
+        if o.tls_cert_file.is_some() != o.tls_key_file.is_some() {
+            errs.push(format!(
+                "outputs[{i}]: set both tls_cert_file and tls_key_file"
+            ));
+        }
         if o.tag.is_empty() {
             errs.push(format!("outputs[{i}].tag: must not be empty"));
         }
@@ -402,6 +435,13 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
     }
     if !cfg.receive.users.is_empty() && cfg.receive.shared_key.is_none() {
         errs.push("receive.users: needs receive.shared_key (the handshake carries them)".into());
+    }
+    let r = &cfg.receive;
+    if r.tls_cert_file.is_some() != r.tls_key_file.is_some() {
+        errs.push("receive: set both tls_cert_file and tls_key_file".into());
+    }
+    if r.tls_client_ca_file.is_some() && r.tls_cert_file.is_none() {
+        errs.push("receive.tls_client_ca_file: needs tls_cert_file and tls_key_file".into());
     }
     if cfg.receive.max_frame_bytes < 1024 {
         errs.push("receive.max_frame_bytes: must be at least 1024".into());

@@ -41,6 +41,7 @@ async fn receiver(
             dedupe_window: 4096,
             output: Output::File(out.to_path_buf()),
             security: None,
+            tls: None,
         },
         metrics.receiver(),
     )

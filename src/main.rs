@@ -248,6 +248,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                                 .collect(),
                         }
                     }),
+                    tls: match (&r.tls_cert_file, &r.tls_key_file) {
+                        (Some(c), Some(k)) => Some(audit_forwarder::transport::tls::ServerTls {
+                            cert_file: c.clone(),
+                            key_file: k.clone(),
+                            client_ca_file: r.tls_client_ca_file.clone(),
+                        }),
+                        _ => None,
+                    },
                 },
                 metrics.receiver(),
             )

@@ -218,6 +218,12 @@ fn output(
             max_in_flight: o.max_in_flight,
             retry_min: o.retry_min,
             retry_max: o.retry_max,
+            tls: o.tls.then(|| crate::transport::tls::ClientTls {
+                ca_file: o.tls_ca_file.clone(),
+                cert_file: o.tls_cert_file.clone(),
+                key_file: o.tls_key_file.clone(),
+                server_name: o.tls_server_name.clone(),
+            }),
             security: o
                 .shared_key
                 .as_ref()

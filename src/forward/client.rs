@@ -33,6 +33,8 @@ pub struct ClientConfig {
     pub retry_max: Duration,
     /// Write JSON lines locally (stdout or a file) instead of forwarding.
     pub local: Option<crate::forward::server::Output>,
+    /// TLS to the destination.
+    pub tls: Option<crate::transport::tls::ClientTls>,
     /// Shared key (and user) for the handshake; `None`: no handshake.
     pub security: Option<crate::forward::auth::ClientSecurity>,
 }
@@ -51,7 +53,13 @@ pub enum SessionError {
     #[error("connection closed by the server")]
     Closed,
     #[error("i/o error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+    /// With TLS 1.3 a rejected client certificate surfaces only at the first
+    /// read, as an alert.
+    #[error(
+        "TLS: the server rejected this connection ({0}); check tls_cert_file/tls_key_file and the server's client CA"
+    )]
+    TlsAlert(String),
     #[error("no ack within {0:?}")]
     AckTimeout(Duration),
     #[error("writing a chunk timed out after {0:?}")]
@@ -60,6 +68,26 @@ pub enum SessionError {
     Protocol(String),
     #[error("handshake: {0}")]
     Auth(#[from] crate::forward::auth::AuthError),
+    #[error(transparent)]
+    Tls(#[from] crate::transport::tls::TlsError),
+}
+
+impl From<std::io::Error> for SessionError {
+    fn from(e: std::io::Error) -> Self {
+        let alert = e
+            .get_ref()
+            .and_then(|i| i.downcast_ref::<tokio_rustls::rustls::Error>())
+            .and_then(|r| match r {
+                tokio_rustls::rustls::Error::AlertReceived(a) => {
+                    Some(format!("received fatal alert: {a:?}"))
+                }
+                _ => None,
+            });
+        match alert {
+            Some(a) => SessionError::TlsAlert(a),
+            None => SessionError::Io(e),
+        }
+    }
 }
 
 impl SessionError {
@@ -73,6 +101,7 @@ impl SessionError {
             SessionError::Protocol(_) => "protocol",
             SessionError::Auth(AuthError::Rejected(_) | AuthError::BadServerDigest) => "auth",
             SessionError::Auth(_) => "handshake",
+            SessionError::Tls(_) | SessionError::TlsAlert(_) => "tls",
         }
     }
 }
@@ -267,7 +296,15 @@ impl Client {
     async fn connect(&self) -> Result<Stream, SessionError> {
         let s = transport::tcp::connect(&self.cfg.host, self.cfg.port, self.cfg.connect_timeout)
             .await?;
-        Ok(Box::new(s))
+        let s: Stream = Box::new(s);
+        match &self.cfg.tls {
+            // Files are read on every connection: rotated certificates apply
+            // to the next one.
+            Some(t) => Ok(t
+                .connect(&self.cfg.host, s, self.cfg.connect_timeout)
+                .await?),
+            None => Ok(s),
+        }
     }
 
     /// One connection's life. `Ok` when there is nothing left to do.

@@ -2,6 +2,7 @@
 //! proxies wrap the same [`Stream`] type.
 
 pub mod tcp;
+pub mod tls;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 

@@ -29,6 +29,8 @@ pub struct ServerConfig {
     pub output: Output,
     /// Require the handshake (spec §Handshake Messages).
     pub security: Option<crate::forward::auth::ServerSecurity>,
+    /// TLS (optionally requiring client certificates).
+    pub tls: Option<crate::transport::tls::ServerTls>,
 }
 
 /// Shared by every connection.
@@ -43,6 +45,7 @@ pub struct Shared {
 pub struct Server {
     listener: TcpListener,
     shared: Arc<Shared>,
+    tls: Option<Arc<crate::transport::tls::ReloadingAcceptor>>,
 }
 
 impl Server {
@@ -53,6 +56,13 @@ impl Server {
                 format!("binding receive.listen = {:?}: {e}", cfg.listen),
             )
         })?;
+        let tls = match &cfg.tls {
+            Some(t) => Some(Arc::new(
+                crate::transport::tls::ReloadingAcceptor::new(t.clone())
+                    .map_err(std::io::Error::other)?,
+            )),
+            None => None,
+        };
         let writer = Writer::start(cfg.output.clone())?;
         let shared = Arc::new(Shared {
             dedupe: Mutex::new(Dedupe::new(cfg.dedupe_window)),
@@ -60,7 +70,11 @@ impl Server {
             writer,
             m,
         });
-        Ok(Server { listener, shared })
+        Ok(Server {
+            listener,
+            shared,
+            tls,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
@@ -92,10 +106,32 @@ impl Server {
             let _ = sock.set_nodelay(true);
             self.shared.m.connections.inc();
             let shared = self.shared.clone();
+            let tls = self.tls.as_ref().map(|a| a.acceptor());
             tokio::spawn(async move {
                 shared.m.connections_active.inc();
                 debug!(%peer, "connection accepted");
-                let r = Connection::new(Box::new(sock), peer.to_string(), shared.clone())
+                let stream: crate::transport::Stream = match tls {
+                    None => Box::new(sock),
+                    Some(acc) => {
+                        match tokio::time::timeout(Duration::from_secs(30), acc.accept(sock)).await
+                        {
+                            Ok(Ok(s)) => Box::new(s),
+                            Ok(Err(e)) => {
+                                shared.m.rejected("tls");
+                                warn!(%peer, error = %e, "TLS handshake failed");
+                                shared.m.connections_active.dec();
+                                return;
+                            }
+                            Err(_) => {
+                                shared.m.rejected("tls");
+                                warn!(%peer, "TLS handshake timed out");
+                                shared.m.connections_active.dec();
+                                return;
+                            }
+                        }
+                    }
+                };
+                let r = Connection::new(stream, peer.to_string(), shared.clone())
                     .run()
                     .await;
                 if let Err(e) = r {
