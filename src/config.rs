@@ -132,6 +132,9 @@ pub struct OutputSection {
     pub tag: String,
     pub host: String,
     pub port: u16,
+    /// Standby servers, tried in order when `host:port` is unreachable
+    /// (failover, as fluentd's `<server>` list with `standby`).
+    pub servers: Vec<ServerSection>,
     /// Ask for and wait for acks (at-least-once). Without acks a chunk counts
     /// as delivered once written to the socket.
     pub require_ack: bool,
@@ -184,6 +187,7 @@ impl Default for OutputSection {
             tag: "audit".into(),
             host: "127.0.0.1".into(),
             port: 24224,
+            servers: Vec::new(),
             require_ack: true,
             ack_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
@@ -200,6 +204,13 @@ impl Default for OutputSection {
             checkpoint_interval: Duration::from_millis(250),
         }
     }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    pub host: String,
+    pub port: u16,
 }
 
 /// Destination type of an output.

@@ -280,11 +280,34 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(2));
                 }
             };
-            let problems: Vec<String> = cfg
+            let mut problems: Vec<String> = cfg
                 .outputs
                 .iter()
                 .filter_map(|o| pipeline::load_policy(o).err().map(|e| e.to_string()))
                 .collect();
+            // Certificates and keys parse, and each key matches its certificate.
+            for o in cfg.outputs.iter().filter(|o| o.tls) {
+                let t = audit_forwarder::transport::tls::ClientTls {
+                    ca_file: o.tls_ca_file.clone(),
+                    cert_file: o.tls_cert_file.clone(),
+                    key_file: o.tls_key_file.clone(),
+                    server_name: o.tls_server_name.clone(),
+                };
+                if let Err(e) = t.config() {
+                    problems.push(format!("output {:?}: {e}", o.name));
+                }
+            }
+            let r = &cfg.receive;
+            if let (Some(c), Some(k)) = (&r.tls_cert_file, &r.tls_key_file) {
+                let t = audit_forwarder::transport::tls::ServerTls {
+                    cert_file: c.clone(),
+                    key_file: k.clone(),
+                    client_ca_file: r.tls_client_ca_file.clone(),
+                };
+                if let Err(e) = t.config() {
+                    problems.push(format!("receive: {e}"));
+                }
+            }
             if problems.is_empty() {
                 println!(
                     "configuration OK: {} output(s), tail.path = {}",

@@ -218,6 +218,7 @@ fn output(
             max_in_flight: o.max_in_flight,
             retry_min: o.retry_min,
             retry_max: o.retry_max,
+            servers: o.servers.iter().map(|s| (s.host.clone(), s.port)).collect(),
             tls: o.tls.then(|| crate::transport::tls::ClientTls {
                 ca_file: o.tls_ca_file.clone(),
                 cert_file: o.tls_cert_file.clone(),

@@ -296,3 +296,50 @@ fn after_a_gap_every_surviving_rotated_file_is_read() {
         "B and C arrive; only A's 10 unread events are the gap"
     );
 }
+
+#[test]
+fn failover_to_a_standby_server_when_the_primary_dies_mid_stream() {
+    let d = tempfile::tempdir().unwrap();
+    let out_a = d.path().join("a.jsonl");
+    let out_b = d.path().join("b.jsonl");
+    let (mut rx_a, port_a) = receiver(&out_a, &[]);
+    let (_rx_b, port_b) = receiver(&out_b, &[]);
+    let log = d.path().join("audit.log");
+    let mut api = ApiServerLog::new(&log, 8, Mix::Metadata);
+    let mut args = forward_args(&log, &d.path().join("state"), port_a);
+    args.extend([
+        "--set".into(),
+        format!("output.servers=[{{host=\"127.0.0.1\",port={port_b}}}]"),
+    ]);
+    let _f = spawn_forward(&args);
+    api.write(2000);
+    wait_lines(&out_a, 500);
+    rx_a.kill9(); // mid-stream
+    api.write(1000);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for l in read_lines(&out_a).iter().chain(read_lines(&out_b).iter()) {
+            *seen.entry(audit_id(l)).or_default() += 1;
+        }
+        let missing = api
+            .written
+            .iter()
+            .filter(|w| !seen.contains_key(&audit_id(w)))
+            .count();
+        if missing == 0 {
+            let dups: usize = seen.values().map(|c| c - 1).sum();
+            eprintln!(
+                "failover: written {}, missing 0, duplicates {dups}",
+                api.written.len()
+            );
+            assert!(!read_lines(&out_b).is_empty(), "the standby took over");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{missing} events never arrived at either server"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

@@ -357,3 +357,43 @@ fn tls_interop_with_fluent_org_logger() {
     let _ = srv.kill();
     let _ = srv.wait();
 }
+
+#[test]
+fn check_validates_certificates_and_keys() {
+    let pki = Pki::new();
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("c.toml");
+    let run = |text: String| {
+        std::fs::write(&cfg, text).unwrap();
+        Command::new(BIN)
+            .args(["check", "--config", cfg.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let ok = run(format!(
+        "[[outputs]]\ntls = true\ntls_ca_file = {:?}\ntls_cert_file = {:?}\ntls_key_file = {:?}\n[receive]\ntls_cert_file = {:?}\ntls_key_file = {:?}\n",
+        pki.p("ca.crt"),
+        pki.p("client.crt"),
+        pki.p("client.key"),
+        pki.p("server.crt"),
+        pki.p("server.key")
+    ));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // A key that does not belong to the certificate, and a missing CA file.
+    let bad = run(format!(
+        "[[outputs]]\ntls = true\ntls_ca_file = \"/nonexistent/ca.crt\"\n[receive]\ntls_cert_file = {:?}\ntls_key_file = {:?}\n",
+        pki.p("server.crt"),
+        pki.p("client.key")
+    ));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(2), "{err}");
+    assert!(err.contains("tls_ca_file = /nonexistent/ca.crt"), "{err}");
+    assert!(
+        err.contains("receive:") && err.contains("tls_cert_file/tls_key_file"),
+        "{err}"
+    );
+}

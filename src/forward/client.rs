@@ -33,6 +33,8 @@ pub struct ClientConfig {
     pub retry_max: Duration,
     /// Write JSON lines locally (stdout or a file) instead of forwarding.
     pub local: Option<crate::forward::server::Output>,
+    /// Standby servers after `host:port`, for failover.
+    pub servers: Vec<(String, u16)>,
     /// TLS to the destination.
     pub tls: Option<crate::transport::tls::ClientTls>,
     /// Shared key (and user) for the handshake; `None`: no handshake.
@@ -147,6 +149,10 @@ pub struct Client {
     shutdown: watch::Receiver<bool>,
     connected: watch::Sender<bool>,
     warn: RateLimit,
+    /// Index of the server in use (0: the primary).
+    current: usize,
+    /// Servers that failed recently, skipped until then.
+    down_until: Vec<Option<Instant>>,
 }
 
 /// How the client ended.
@@ -191,6 +197,8 @@ impl Client {
             shutdown,
             connected,
             warn: RateLimit::default(),
+            current: 0,
+            down_until: Vec::new(),
         }
     }
 
@@ -237,7 +245,7 @@ impl Client {
                     }
                     let wait = backoff.next();
                     if let Some(n) = self.warn.allow() {
-                        warn!(server = %self.cfg.addr(), error = %e, retry_in_ms = wait.as_millis() as u64,
+                        warn!(server = %self.server_addr(), error = %e, retry_in_ms = wait.as_millis() as u64,
                             unacked_chunks = self.unacked(), suppressed = n, "forward connection failed; will retry");
                     }
                     let mut sd = self.shutdown.clone();
@@ -293,16 +301,61 @@ impl Client {
         }
     }
 
-    async fn connect(&self) -> Result<Stream, SessionError> {
-        let s = transport::tcp::connect(&self.cfg.host, self.cfg.port, self.cfg.connect_timeout)
-            .await?;
+    /// Every server: the primary, then the standbys (`servers`).
+    fn servers(&self) -> Vec<(String, u16)> {
+        let mut v = vec![(self.cfg.host.clone(), self.cfg.port)];
+        v.extend(self.cfg.servers.iter().cloned());
+        v
+    }
+
+    fn server_addr(&self) -> String {
+        self.servers()
+            .get(self.current)
+            .map(|(h, p)| format!("{h}:{p}"))
+            .unwrap_or_else(|| self.cfg.addr())
+    }
+
+    /// Connects to the first healthy server in configured order (failover,
+    /// like fluentd's standby servers); a server that failed is skipped for
+    /// `retry_max` unless every server failed.
+    async fn connect(&mut self) -> Result<Stream, SessionError> {
+        let servers = self.servers();
+        self.down_until.resize(servers.len(), None);
+        let now = Instant::now();
+        let mut order: Vec<usize> = (0..servers.len()).collect();
+        order.sort_by_key(|&i| self.down_until[i].is_some_and(|t| t > now));
+        let mut last = None;
+        for i in order {
+            let (host, port) = &servers[i];
+            match self.connect_one(host, *port).await {
+                Ok(s) => {
+                    if i != self.current {
+                        info!(server = %format!("{host}:{port}"), "using server");
+                    }
+                    self.down_until[i] = None;
+                    self.current = i;
+                    return Ok(s);
+                }
+                Err(e) => {
+                    self.down_until[i] = Some(Instant::now() + self.cfg.retry_max);
+                    if servers.len() > 1 {
+                        self.m.connect_error(e.reason());
+                        debug!(server = %format!("{host}:{port}"), error = %e, "server unavailable; trying the next one");
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or(SessionError::Closed))
+    }
+
+    async fn connect_one(&self, host: &str, port: u16) -> Result<Stream, SessionError> {
+        let s = transport::tcp::connect(host, port, self.cfg.connect_timeout).await?;
         let s: Stream = Box::new(s);
         match &self.cfg.tls {
             // Files are read on every connection: rotated certificates apply
             // to the next one.
-            Some(t) => Ok(t
-                .connect(&self.cfg.host, s, self.cfg.connect_timeout)
-                .await?),
+            Some(t) => Ok(t.connect(host, s, self.cfg.connect_timeout).await?),
             None => Ok(s),
         }
     }
@@ -323,7 +376,7 @@ impl Client {
         }
         // keepalive false (spec §HELO): the server closes after each message.
         let max_in_flight = if keepalive { self.cfg.max_in_flight } else { 1 };
-        debug!(server = %self.cfg.addr(), "connected");
+        debug!(server = %self.server_addr(), "connected");
         let _ = self.connected.send(true);
         self.m.set_connected(true);
         let mut acked_here = false;
@@ -338,7 +391,7 @@ impl Client {
             }
         }
         if resent > 0 {
-            info!(server = %self.cfg.addr(), chunks = resent, "reconnected; resent unacknowledged chunks");
+            info!(server = %self.server_addr(), chunks = resent, "reconnected; resent unacknowledged chunks");
         }
         loop {
             if self.input_closed && self.queue.is_empty() {

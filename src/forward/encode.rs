@@ -699,12 +699,18 @@ mod tests {
             }
         }
 
-        /// The frame measurer and the message decoder never panic on garbage.
+        /// The frame measurer, the message decoder and the handshake
+        /// decoders never panic on garbage.
         #[test]
         fn receiver_decoding_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            use crate::forward::protocol::handshake::{Helo, Ping, Pong};
             let _ = crate::forward::protocol::frame::measure(&bytes, 1 << 20);
             let mut out = Vec::new();
             let _ = crate::forward::server::message::decode(&bytes, 1 << 20, &mut out);
+            let _ = Helo::decode(&bytes);
+            let _ = Ping::decode(&bytes);
+            let _ = Pong::decode(&bytes);
+            let _ = crate::forward::protocol::decode_ack(&bytes);
         }
     }
 
