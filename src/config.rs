@@ -246,6 +246,10 @@ pub struct ReceiveSection {
     pub listen: String,
     /// `stdout`, `null` (discard), or a file path to append to.
     pub output: String,
+    /// With a file output: rotate it when it would exceed this size (0: never).
+    pub output_max_bytes: u64,
+    /// Rotated files kept (`file.1` … `file.N`).
+    pub output_keep_files: usize,
     pub max_frame_bytes: usize,
     pub max_decompressed_bytes: usize,
     pub max_connections: usize,
@@ -278,6 +282,8 @@ impl Default for ReceiveSection {
         ReceiveSection {
             listen: "127.0.0.1:24224".into(),
             output: "stdout".into(),
+            output_max_bytes: 0,
+            output_keep_files: 5,
             max_frame_bytes: 16 << 20,
             max_decompressed_bytes: 64 << 20,
             max_connections: 1024,

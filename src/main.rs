@@ -221,6 +221,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let output = match r.output.as_str() {
                 "stdout" | "-" => Output::Stdout,
                 "null" => Output::Null,
+                p if r.output_max_bytes > 0 => Output::Rotating {
+                    path: p.into(),
+                    max_bytes: r.output_max_bytes,
+                    keep: r.output_keep_files,
+                },
                 p => Output::File(p.into()),
             };
             let metrics = Metrics::new();

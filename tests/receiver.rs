@@ -149,3 +149,32 @@ fn a_connection_closed_mid_message_writes_nothing_from_it() {
     send_acked(port, 6, "after");
     assert_eq!(read_lines(&out), vec!["{\"k\":6}".to_string()]);
 }
+
+#[test]
+fn file_output_rotates_by_size_between_messages() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out.jsonl");
+    let (_rx, port) = receiver(
+        &out,
+        &[
+            "--set",
+            "receive.output_max_bytes=40",
+            "--set",
+            "receive.output_keep_files=2",
+        ],
+    );
+    for v in 0..5u8 {
+        send_acked(port, 10 + v, &format!("c{v}"));
+    }
+    // Each message is one 9-byte line: 4 fit in 40 bytes, then a rotation.
+    let cur = read_lines(&out);
+    let one = read_lines(&d.path().join("out.jsonl.1"));
+    assert_eq!(
+        one,
+        (10..14)
+            .map(|v| format!("{{\"k\":{v}}}"))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(cur, vec!["{\"k\":14}".to_string()]);
+    assert!(!d.path().join("out.jsonl.3").exists());
+}

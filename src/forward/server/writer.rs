@@ -12,6 +12,14 @@ pub enum Output {
     Stdout,
     /// Appended to a file.
     File(PathBuf),
+    /// Appended to a file that is rotated by size: `path` → `path.1` → … →
+    /// `path.<keep>` (the oldest is deleted). Rotation happens between
+    /// messages, so a line is never split.
+    Rotating {
+        path: PathBuf,
+        max_bytes: u64,
+        keep: usize,
+    },
     /// Discarded (benchmarks).
     Null,
 }
@@ -19,6 +27,81 @@ pub enum Output {
 struct Req {
     data: Vec<u8>,
     done: oneshot::Sender<std::io::Result<()>>,
+}
+
+/// Where the writer thread puts lines.
+trait Sink: Send {
+    /// Writes one message's lines (never split across files).
+    fn write_msg(&mut self, data: &[u8]) -> std::io::Result<()>;
+    fn flush(&mut self) -> std::io::Result<()>;
+}
+
+struct Plain(Box<dyn Write + Send>);
+
+impl Sink for Plain {
+    fn write_msg(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.0.write_all(data)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// A size-rotated output file.
+struct Rotating {
+    path: PathBuf,
+    max_bytes: u64,
+    keep: usize,
+    file: std::fs::File,
+    size: u64,
+}
+
+impl Rotating {
+    fn open(path: PathBuf, max_bytes: u64, keep: usize) -> std::io::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
+        let size = file.metadata()?.len();
+        Ok(Rotating {
+            path,
+            max_bytes,
+            keep,
+            file,
+            size,
+        })
+    }
+
+    fn numbered(&self, n: usize) -> PathBuf {
+        let mut p = self.path.clone().into_os_string();
+        p.push(format!(".{n}"));
+        p.into()
+    }
+}
+
+impl Sink for Rotating {
+    /// Rotates first when the message would not fit.
+    fn write_msg(&mut self, data: &[u8]) -> std::io::Result<()> {
+        if self.max_bytes > 0 && self.size > 0 && self.size + data.len() as u64 > self.max_bytes {
+            self.file.flush()?;
+            if self.keep == 0 {
+                std::fs::remove_file(&self.path)?;
+            } else {
+                let _ = std::fs::remove_file(self.numbered(self.keep));
+                for n in (1..self.keep).rev() {
+                    let _ = std::fs::rename(self.numbered(n), self.numbered(n + 1));
+                }
+                std::fs::rename(&self.path, self.numbered(1))?;
+            }
+            *self = Rotating::open(self.path.clone(), self.max_bytes, self.keep)?;
+        }
+        self.file.write_all(data)?;
+        self.size += data.len() as u64;
+        Ok(())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
 }
 
 /// Handle to the writer thread.
@@ -30,15 +113,20 @@ pub struct Writer {
 impl Writer {
     /// Starts the writer thread.
     pub fn start(output: Output) -> std::io::Result<Writer> {
-        let mut sink: Box<dyn Write + Send> = match &output {
-            Output::Stdout => Box::new(std::io::stdout()),
-            Output::File(p) => Box::new(
+        let mut sink: Box<dyn Sink> = match &output {
+            Output::Stdout => Box::new(Plain(Box::new(std::io::stdout()))),
+            Output::File(p) => Box::new(Plain(Box::new(
                 std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(p)?,
-            ),
-            Output::Null => Box::new(std::io::sink()),
+            ))),
+            Output::Null => Box::new(Plain(Box::new(std::io::sink()))),
+            Output::Rotating {
+                path,
+                max_bytes,
+                keep,
+            } => Box::new(Rotating::open(path.clone(), *max_bytes, *keep)?),
         };
         let (tx, rx) = std::sync::mpsc::sync_channel::<Req>(64);
         std::thread::Builder::new()
@@ -57,7 +145,7 @@ impl Writer {
                     let mut r = Ok(());
                     for req in &batch {
                         if r.is_ok() {
-                            r = sink.write_all(&req.data);
+                            r = sink.write_msg(&req.data);
                         }
                     }
                     if r.is_ok() {
