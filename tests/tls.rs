@@ -86,6 +86,58 @@ fn leaf(dir: &Path, ca: &str, leaf: &str, san: &str) {
     );
 }
 
+/// A leaf that expired in 2020, signed by `ca` with `openssl ca`.
+fn expired_leaf(dir: &Path, ca: &str, leaf: &str, san: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("{leaf}.key"),
+            "-out",
+            &format!("{leaf}.csr"),
+            "-subj",
+            &format!("/CN={leaf}"),
+        ],
+    );
+    std::fs::write(
+        dir.join(format!("{leaf}.cnf")),
+        format!("[ca]\ndefault_ca=d\n[d]\ndir=.\ndatabase={leaf}.index\nnew_certs_dir=.\nserial={leaf}.serial\ndefault_md=sha256\npolicy=p\n[p]\ncommonName=supplied\n[ext]\nsubjectAltName={san}\n"),
+    )
+    .unwrap();
+    std::fs::write(dir.join(format!("{leaf}.index")), "").unwrap();
+    std::fs::write(dir.join(format!("{leaf}.serial")), "1000\n").unwrap();
+    openssl(
+        dir,
+        &[
+            "ca",
+            "-batch",
+            "-config",
+            &format!("{leaf}.cnf"),
+            "-cert",
+            &format!("{ca}.crt"),
+            "-keyfile",
+            &format!("{ca}.key"),
+            "-in",
+            &format!("{leaf}.csr"),
+            "-out",
+            &format!("{leaf}.crt"),
+            "-startdate",
+            "20200101000000Z",
+            "-enddate",
+            "20200102000000Z",
+            "-notext",
+            "-extfile",
+            &format!("{leaf}.cnf"),
+            "-extensions",
+            "ext",
+        ],
+    );
+}
+
 struct Pki {
     dir: tempfile::TempDir,
 }
@@ -99,6 +151,8 @@ impl Pki {
         leaf(d, "ca", "client", "DNS:forwarder.test");
         ca(d, "rogue");
         leaf(d, "rogue", "rogueclient", "DNS:forwarder.test");
+        expired_leaf(d, "ca", "expiredserver", "DNS:receiver.test,IP:127.0.0.1");
+        expired_leaf(d, "ca", "expiredclient", "DNS:forwarder.test");
         Pki { dir }
     }
     fn p(&self, f: &str) -> String {
@@ -396,4 +450,49 @@ fn check_validates_certificates_and_keys() {
         err.contains("receive:") && err.contains("tls_cert_file/tls_key_file"),
         "{err}"
     );
+}
+
+#[test]
+fn expired_certificates_fail_closed() {
+    let pki = Pki::new();
+    let d = tempfile::tempdir().unwrap();
+    let log = d.path().join("audit.log");
+    let mut api = ApiServerLog::new(&log, 65, Mix::Metadata);
+    api.write(10);
+    // An expired server certificate.
+    let out = d.path().join("out1.jsonl");
+    let (_rx, port) = receiver(
+        &out,
+        &[
+            "--set",
+            &format!("receive.tls_cert_file={:?}", pki.p("expiredserver.crt")),
+            "--set",
+            &format!("receive.tls_key_file={:?}", pki.p("expiredserver.key")),
+        ],
+    );
+    let flags = vec![
+        "--tls-ca-file".to_string(),
+        pki.p("ca.crt"),
+        "--tls-vhost".into(),
+        "receiver.test".into(),
+    ];
+    let mut f = spawn_forward(&fwd(&log, &d.path().join("s1"), port, &flags));
+    f.wait_log("certificate expired");
+    f.kill9();
+    assert!(read_lines(&out).is_empty());
+    // An expired client certificate against mutual TLS.
+    let out = d.path().join("out2.jsonl");
+    let (rx, port) = tls_receiver(&pki, &out, true);
+    let mut flags = flags.clone();
+    flags.extend([
+        "--tls-crt-file".into(),
+        pki.p("expiredclient.crt"),
+        "--tls-key-file".into(),
+        pki.p("expiredclient.key"),
+    ]);
+    let mut f = spawn_forward(&fwd(&log, &d.path().join("s2"), port, &flags));
+    rx.wait_log("certificate expired");
+    f.wait_log("the server rejected this connection");
+    f.kill9();
+    assert!(read_lines(&out).is_empty());
 }
