@@ -135,6 +135,11 @@ pub struct OutputSection {
     /// Standby servers, tried in order when `host:port` is unreachable
     /// (failover, as fluentd's `<server>` list with `standby`).
     pub servers: Vec<ServerSection>,
+    /// With `servers`: `failover` (the first reachable server in order) or
+    /// `round-robin` (the next server every `rebalance_interval`).
+    pub balance: Balance,
+    #[serde(with = "humantime_serde")]
+    pub rebalance_interval: Duration,
     /// Ask for and wait for acks (at-least-once). Without acks a chunk counts
     /// as delivered once written to the socket.
     pub require_ack: bool,
@@ -188,6 +193,8 @@ impl Default for OutputSection {
             host: "127.0.0.1".into(),
             port: 24224,
             servers: Vec::new(),
+            balance: Balance::Failover,
+            rebalance_interval: Duration::from_secs(30),
             require_ack: true,
             ack_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
@@ -204,6 +211,13 @@ impl Default for OutputSection {
             checkpoint_interval: Duration::from_millis(250),
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    Failover,
+    RoundRobin,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -219,6 +219,8 @@ fn output(
             retry_min: o.retry_min,
             retry_max: o.retry_max,
             servers: o.servers.iter().map(|s| (s.host.clone(), s.port)).collect(),
+            rebalance: (o.balance == crate::config::Balance::RoundRobin)
+                .then_some(o.rebalance_interval),
             tls: o.tls.then(|| crate::transport::tls::ClientTls {
                 ca_file: o.tls_ca_file.clone(),
                 cert_file: o.tls_cert_file.clone(),

@@ -343,3 +343,47 @@ fn failover_to_a_standby_server_when_the_primary_dies_mid_stream() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+#[test]
+fn round_robin_spreads_chunks_over_servers_without_loss_or_duplicates() {
+    let d = tempfile::tempdir().unwrap();
+    let out_a = d.path().join("a.jsonl");
+    let out_b = d.path().join("b.jsonl");
+    let (_rx_a, port_a) = receiver(&out_a, &[]);
+    let (_rx_b, port_b) = receiver(&out_b, &[]);
+    let log = d.path().join("audit.log");
+    let mut api = ApiServerLog::new(&log, 9, Mix::Metadata);
+    api.write(3000);
+    let mut args = forward_args(&log, &d.path().join("state"), port_a);
+    for s in [
+        format!("output.servers=[{{host=\"127.0.0.1\",port={port_b}}}]"),
+        "output.balance=\"round-robin\"".into(),
+        // Move on after every acknowledged window: deterministic alternation.
+        "output.rebalance_interval=\"0s\"".into(),
+        "output.max_batch_events=100".into(),
+        "--oneshot".into(),
+    ] {
+        if s == "--oneshot" {
+            args.push(s);
+        } else {
+            args.extend(["--set".into(), s]);
+        }
+    }
+    let mut f = spawn_forward(&args);
+    assert_eq!(f.wait_exit(), 0, "{}", f.all_logs());
+    let (a, b) = (read_lines(&out_a), read_lines(&out_b));
+    eprintln!(
+        "round-robin: server A {} events, server B {}",
+        a.len(),
+        b.len()
+    );
+    assert!(
+        !a.is_empty() && !b.is_empty(),
+        "both servers received chunks"
+    );
+    let mut all: Vec<String> = a.iter().chain(b.iter()).map(|l| audit_id(l)).collect();
+    all.sort();
+    let mut want: Vec<String> = api.written.iter().map(|l| audit_id(l)).collect();
+    want.sort();
+    assert_eq!(all, want, "every event exactly once");
+}

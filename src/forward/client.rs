@@ -33,8 +33,12 @@ pub struct ClientConfig {
     pub retry_max: Duration,
     /// Write JSON lines locally (stdout or a file) instead of forwarding.
     pub local: Option<crate::forward::server::Output>,
-    /// Standby servers after `host:port`, for failover.
+    /// More servers after `host:port`: standbys (failover) or peers
+    /// (round-robin).
     pub servers: Vec<(String, u16)>,
+    /// Round-robin: move to the next server after this long on one
+    /// (between chunks, after their acks). `None`: failover.
+    pub rebalance: Option<Duration>,
     /// TLS to the destination.
     pub tls: Option<crate::transport::tls::ClientTls>,
     /// Shared key (and user) for the handshake; `None`: no handshake.
@@ -322,7 +326,15 @@ impl Client {
         let servers = self.servers();
         self.down_until.resize(servers.len(), None);
         let now = Instant::now();
-        let mut order: Vec<usize> = (0..servers.len()).collect();
+        // Failover: configured order. Round-robin: start after the server
+        // used last. Healthy servers first either way (stable sort).
+        let start = match self.cfg.rebalance {
+            Some(_) => (self.current + 1) % servers.len(),
+            None => 0,
+        };
+        let mut order: Vec<usize> = (0..servers.len())
+            .map(|k| (start + k) % servers.len())
+            .collect();
         order.sort_by_key(|&i| self.down_until[i].is_some_and(|t| t > now));
         let mut last = None;
         for i in order {
@@ -380,6 +392,11 @@ impl Client {
         let _ = self.connected.send(true);
         self.m.set_connected(true);
         let mut acked_here = false;
+        let rebalance_at = self
+            .cfg
+            .rebalance
+            .filter(|_| !self.cfg.servers.is_empty())
+            .map(|d| Instant::now() + d);
         let (mut rd, mut wr) = tokio::io::split(stream);
         // Everything not acknowledged goes again, in order, same chunk ids.
         let mut resent = 0;
@@ -431,8 +448,17 @@ impl Client {
             });
             // Count every slot, acked or not: acks out of order must not let
             // the queue grow past the memory bound.
-            let can_take =
-                !self.input_closed && in_flight < max_in_flight && self.queue.len() < max_in_flight;
+            // Round-robin: after the interval, stop taking chunks; once the
+            // in-flight ones are acked, end the session to move on.
+            let rotating = acked_here && rebalance_at.is_some_and(|t| Instant::now() >= t);
+            if rotating && in_flight == 0 {
+                debug!(server = %self.server_addr(), "rebalancing to the next server");
+                return Ok(());
+            }
+            let can_take = !rotating
+                && !self.input_closed
+                && in_flight < max_in_flight
+                && self.queue.len() < max_in_flight;
             tokio::select! {
                 biased;
                 _ = crate::stopped(&mut sd), if !self.input_closed => {}
@@ -464,6 +490,7 @@ impl Client {
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                     return Err(SessionError::AckTimeout(self.cfg.ack_timeout));
                 }
+                _ = tokio::time::sleep_until(rebalance_at.unwrap_or_else(Instant::now)), if rebalance_at.is_some() && !rotating => {}
             }
         }
     }
