@@ -31,12 +31,15 @@ pub struct State {
 }
 
 impl State {
+    fn probe(&self) -> Result<std::sync::MutexGuard<'_, Probe>, String> {
+        self.probe
+            .lock()
+            .map_err(|_| "internal: probe lock poisoned".to_string())
+    }
+
     /// `/healthz`: every tail reader is running.
     fn healthy(&self) -> Result<(), String> {
-        let probe = self
-            .probe
-            .lock()
-            .map_err(|_| "internal: probe lock poisoned".to_string())?;
+        let probe = self.probe()?;
         match &*probe {
             Probe::Receive => Ok(()),
             Probe::Forward { outputs, .. } => {
@@ -61,10 +64,7 @@ impl State {
     /// `readiness_grace` of losing (or not yet having) its connection.
     fn ready(&self) -> Result<(), String> {
         self.healthy()?;
-        let probe = self
-            .probe
-            .lock()
-            .map_err(|_| "internal: probe lock poisoned".to_string())?;
+        let probe = self.probe()?;
         match &*probe {
             Probe::Receive => Ok(()),
             Probe::Forward { outputs, grace } => {

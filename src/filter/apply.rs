@@ -115,15 +115,26 @@ fn strip_object(value: &[u8], out: &mut Vec<u8>) {
     }
 }
 
-fn strip_map(r: &mut MsgReader<'_>, out: &mut Vec<u8>) -> Result<(), ReadError> {
+/// Reads the next value: a map gives a reader positioned at its entries and
+/// their count; anything else is copied to `out` unchanged (`None`).
+fn map_or_copy<'a>(
+    r: &mut MsgReader<'a>,
+    out: &mut Vec<u8>,
+) -> Result<Option<(MsgReader<'a>, u32)>, ReadError> {
     let raw = r.read_raw()?;
     let mut m = MsgReader::new(raw);
-    let n = match m.read_head()? {
-        (_, Head::Map(n)) => n,
+    match m.read_head()? {
+        (_, Head::Map(n)) => Ok(Some((m, n))),
         _ => {
             out.extend_from_slice(raw);
-            return Ok(());
+            Ok(None)
         }
+    }
+}
+
+fn strip_map(r: &mut MsgReader<'_>, out: &mut Vec<u8>) -> Result<(), ReadError> {
+    let Some((mut m, n)) = map_or_copy(r, out)? else {
+        return Ok(());
     };
     let _ = rmp::encode::write_map_len(out, n);
     for _ in 0..n {
@@ -152,14 +163,8 @@ fn strip_map(r: &mut MsgReader<'_>, out: &mut Vec<u8>) -> Result<(), ReadError> 
 }
 
 fn strip_metadata(r: &mut MsgReader<'_>, out: &mut Vec<u8>) -> Result<(), ReadError> {
-    let raw = r.read_raw()?;
-    let mut m = MsgReader::new(raw);
-    let n = match m.read_head()? {
-        (_, Head::Map(n)) => n,
-        _ => {
-            out.extend_from_slice(raw);
-            return Ok(());
-        }
+    let Some((mut m, n)) = map_or_copy(r, out)? else {
+        return Ok(());
     };
     let mut keep = Vec::with_capacity(n as usize);
     for _ in 0..n {
