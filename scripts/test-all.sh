@@ -13,6 +13,9 @@ step "third-party Forward peers (npm @fluent-org/logger, PyPI fluent-logger)"
 npm ci --prefix tests/interop --no-audit --no-fund --loglevel=error
 python3 -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
 
+step "fluent-bit 1.8.15 from the npm fluent-bit@0.0.3 sources (cached in target/fluent-bit; ~1 min the first time)"
+bash tests/interop/fluent-bit/build.sh
+
 step "format and lint"
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings

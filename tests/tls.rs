@@ -373,6 +373,15 @@ fn tls_interop_with_fluent_org_logger() {
             "--tls-key",
             &pki.p("server.key"),
         ])
+        // Shared key and user authentication inside TLS, with acks.
+        .args([
+            "--shared-key",
+            "s3cret",
+            "--username",
+            "alice",
+            "--password",
+            "pw",
+        ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -396,6 +405,19 @@ fn tls_interop_with_fluent_org_logger() {
         "receiver.test".into(),
         "--oneshot".into(),
     ];
+    let flags: Vec<String> = flags
+        .into_iter()
+        .chain(
+            [
+                "output.shared_key=\"s3cret\"",
+                "output.username=\"alice\"",
+                "output.password=\"pw\"",
+                "output.self_hostname=\"forwarder-host\"",
+            ]
+            .into_iter()
+            .flat_map(|s| ["--set".to_string(), s.to_string()]),
+        )
+        .collect();
     let mut f = spawn_forward(&fwd(&log, &d.path().join("s"), port, &flags));
     assert_eq!(f.wait_exit(), 0, "{}", f.all_logs());
     let got: Vec<serde_json::Value> = lines
