@@ -110,29 +110,15 @@ fn interop_dir() -> std::path::PathBuf {
 #[test]
 fn our_forwarder_authenticates_to_fluent_org_server() {
     let d = tempfile::tempdir().unwrap();
-    let mut srv = Command::new("node")
-        .arg(interop_dir().join("fluent-server.js"))
-        .args([
-            "0",
-            "--shared-key",
-            "s3cret",
-            "--username",
-            "alice",
-            "--password",
-            "pw",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("node");
-    let stdout = srv.stdout.take().unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
-    let first = lines.next().unwrap().unwrap();
-    let port: u16 = first
-        .strip_prefix("LISTENING ")
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let srv = NodeServer::start(&[
+        "--shared-key",
+        "s3cret",
+        "--username",
+        "alice",
+        "--password",
+        "pw",
+    ]);
+    let port = srv.port;
     let log = d.path().join("audit.log");
     let mut api = ApiServerLog::new(&log, 53, Mix::Metadata);
     api.write(100);
@@ -140,18 +126,7 @@ fn our_forwarder_authenticates_to_fluent_org_server() {
     a.push("--oneshot".into());
     let mut f = spawn_forward(&a);
     assert_eq!(f.wait_exit(), 0, "{}", f.all_logs());
-    let got: Vec<serde_json::Value> = lines
-        .take(100)
-        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
-        .collect();
-    let want: Vec<serde_json::Value> = api
-        .written
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(got, want);
-    let _ = srv.kill();
-    let _ = srv.wait();
+    assert_eq!(srv.records(100), json_values(&api.written));
 }
 
 #[test]

@@ -9,11 +9,8 @@ mod common;
 
 use audit_forwarder::synth::Mix;
 use common::*;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 fn interop_dir() -> PathBuf {
     let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
@@ -24,73 +21,12 @@ fn interop_dir() -> PathBuf {
     d
 }
 
-/// The real FluentServer, printing each record as a JSON line.
-struct NodeServer {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    port: u16,
-}
-
-impl NodeServer {
-    fn start(args: &[&str]) -> NodeServer {
-        let dir = interop_dir();
-        let mut child = Command::new("node")
-            .arg(dir.join("fluent-server.js"))
-            .arg("0")
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("node");
-        let out = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(l);
-            }
-        });
-        let first = rx.recv_timeout(WAIT).expect("FluentServer did not start");
-        let port = first
-            .strip_prefix("LISTENING ")
-            .expect("LISTENING line")
-            .trim()
-            .parse()
-            .unwrap();
-        NodeServer {
-            child,
-            lines: rx,
-            port,
-        }
-    }
-
-    fn records(&self, n: usize) -> Vec<String> {
-        let deadline = Instant::now() + WAIT;
-        let mut v = Vec::new();
-        while v.len() < n {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => v.push(l),
-                Err(_) => panic!("FluentServer printed {} of {n} records", v.len()),
-            }
-        }
-        // Nothing more than n.
-        assert!(
-            self.lines.recv_timeout(Duration::from_millis(300)).is_err(),
-            "more records than sent"
-        );
-        v
-    }
-}
-
-impl Drop for NodeServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn json(s: &str) -> serde_json::Value {
-    serde_json::from_str(s).unwrap_or_else(|e| panic!("{e}: {s:.200}"))
+/// The sample events every client test sends, parsed.
+fn sample_events() -> (PathBuf, Vec<serde_json::Value>) {
+    let events = interop_dir().join("sample-events.jsonl");
+    let text = std::fs::read_to_string(&events).unwrap();
+    let want = text.lines().map(json_value).collect();
+    (events, want)
 }
 
 #[test]
@@ -113,10 +49,7 @@ fn our_forwarder_to_fluent_org_server_with_acks_plain_and_gzip() {
         args.extend(["--set".into(), "output.max_batch_events=64".into()]);
         let mut f = spawn_forward(&args);
         assert_eq!(f.wait_exit(), 0, "{}", f.all_logs());
-        let got = server.records(api.written.len());
-        for (g, w) in got.iter().zip(&api.written) {
-            assert_eq!(json(g), json(w));
-        }
+        assert_eq!(server.records(api.written.len()), json_values(&api.written));
     }
 }
 
@@ -151,31 +84,20 @@ fn node_client(port: u16, mode: &str, file: &Path) {
 #[test]
 fn fluent_org_client_to_our_receiver_in_every_mode_with_acks() {
     let d = tempfile::tempdir().unwrap();
-    let events = interop_dir().join("sample-events.jsonl");
-    let want: Vec<serde_json::Value> = std::fs::read_to_string(&events)
-        .unwrap()
-        .lines()
-        .map(json)
-        .collect();
+    let (events, want) = sample_events();
     for mode in ["message", "forward", "packed", "compressed"] {
         let out = d.path().join(format!("{mode}.jsonl"));
         let (_rx, port) = receiver(&out, &[]);
         node_client(port, mode, &events);
         // The client exits only after every ack: all records must be written already.
-        let got: Vec<serde_json::Value> = read_lines(&out).iter().map(|l| json(l)).collect();
-        assert_eq!(got, want, "mode {mode}");
+        assert_eq!(json_values(&read_lines(&out)), want, "mode {mode}");
     }
 }
 
 #[test]
 fn python_fluent_logger_to_our_receiver() {
     let d = tempfile::tempdir().unwrap();
-    let events = interop_dir().join("sample-events.jsonl");
-    let want: Vec<serde_json::Value> = std::fs::read_to_string(&events)
-        .unwrap()
-        .lines()
-        .map(json)
-        .collect();
+    let (events, want) = sample_events();
     let out = d.path().join("py.jsonl");
     let (_rx, port) = receiver(&out, &[]);
     let o = Command::new("python3")
@@ -197,9 +119,5 @@ fn python_fluent_logger_to_our_receiver() {
         String::from_utf8_lossy(&o.stderr)
     );
     // Python's sender has no acks: wait for the lines (bounded).
-    let got: Vec<serde_json::Value> = wait_lines(&out, want.len())
-        .iter()
-        .map(|l| json(l))
-        .collect();
-    assert_eq!(got, want);
+    assert_eq!(json_values(&wait_lines(&out, want.len())), want);
 }

@@ -43,7 +43,8 @@ fn ca(dir: &Path, name: &str) {
     );
 }
 
-fn leaf(dir: &Path, ca: &str, leaf: &str, san: &str) {
+/// A new key `leaf.key` and its signing request `leaf.csr`.
+fn csr(dir: &Path, leaf: &str) {
     openssl(
         dir,
         &[
@@ -59,6 +60,10 @@ fn leaf(dir: &Path, ca: &str, leaf: &str, san: &str) {
             &format!("/CN={leaf}"),
         ],
     );
+}
+
+fn leaf(dir: &Path, ca: &str, leaf: &str, san: &str) {
+    csr(dir, leaf);
     std::fs::write(
         dir.join(format!("{leaf}.ext")),
         format!("subjectAltName={san}\n"),
@@ -88,21 +93,7 @@ fn leaf(dir: &Path, ca: &str, leaf: &str, san: &str) {
 
 /// A leaf that expired in 2020, signed by `ca` with `openssl ca`.
 fn expired_leaf(dir: &Path, ca: &str, leaf: &str, san: &str) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            &format!("{leaf}.key"),
-            "-out",
-            &format!("{leaf}.csr"),
-            "-subj",
-            &format!("/CN={leaf}"),
-        ],
-    );
+    csr(dir, leaf);
     std::fs::write(
         dir.join(format!("{leaf}.cnf")),
         format!("[ca]\ndefault_ca=d\n[d]\ndir=.\ndatabase={leaf}.index\nnew_certs_dir=.\nserial={leaf}.serial\ndefault_md=sha256\npolicy=p\n[p]\ncommonName=supplied\n[ext]\nsubjectAltName={san}\n"),
@@ -364,37 +355,20 @@ fn tls_interop_with_fluent_org_logger() {
     );
 
     // Our forwarder → their TLS server.
-    let mut srv = Command::new("node")
-        .arg(interop().join("fluent-server.js"))
-        .args([
-            "0",
-            "--tls-cert",
-            &pki.p("server.crt"),
-            "--tls-key",
-            &pki.p("server.key"),
-        ])
-        // Shared key and user authentication inside TLS, with acks.
-        .args([
-            "--shared-key",
-            "s3cret",
-            "--username",
-            "alice",
-            "--password",
-            "pw",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(srv.stdout.take().unwrap()));
-    let port: u16 = lines
-        .next()
-        .unwrap()
-        .unwrap()
-        .strip_prefix("LISTENING ")
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    // Shared key and user authentication inside TLS, with acks.
+    let srv = NodeServer::start(&[
+        "--tls-cert",
+        &pki.p("server.crt"),
+        "--tls-key",
+        &pki.p("server.key"),
+        "--shared-key",
+        "s3cret",
+        "--username",
+        "alice",
+        "--password",
+        "pw",
+    ]);
+    let port = srv.port;
     let log = d.path().join("audit.log");
     let mut api = ApiServerLog::new(&log, 64, Mix::Metadata);
     api.write(50);
@@ -420,18 +394,7 @@ fn tls_interop_with_fluent_org_logger() {
         .collect();
     let mut f = spawn_forward(&fwd(&log, &d.path().join("s"), port, &flags));
     assert_eq!(f.wait_exit(), 0, "{}", f.all_logs());
-    let got: Vec<serde_json::Value> = lines
-        .take(50)
-        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
-        .collect();
-    let want: Vec<serde_json::Value> = api
-        .written
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(got, want);
-    let _ = srv.kill();
-    let _ = srv.wait();
+    assert_eq!(srv.records(50), json_values(&api.written));
 }
 
 #[test]

@@ -333,3 +333,80 @@ pub fn wait_metrics(port: u16, what: &str, cond: impl Fn(&str) -> bool) -> Strin
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Parses one JSON line (panics with the line on error).
+pub fn json_value(l: &str) -> serde_json::Value {
+    serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:.200}"))
+}
+
+/// Parses JSON lines.
+pub fn json_values(lines: &[String]) -> Vec<serde_json::Value> {
+    lines.iter().map(|l| json_value(l)).collect()
+}
+
+/// The real FluentServer, printing each record as a JSON line.
+pub struct NodeServer {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    pub port: u16,
+}
+
+impl NodeServer {
+    /// Starts `fluent-server.js` on an ephemeral port with `args`.
+    pub fn start(args: &[&str]) -> NodeServer {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+        let mut child = Command::new("node")
+            .arg(dir.join("fluent-server.js"))
+            .arg("0")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("node");
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        let first = rx.recv_timeout(WAIT).expect("FluentServer did not start");
+        let port = first
+            .strip_prefix("LISTENING ")
+            .expect("LISTENING line")
+            .trim()
+            .parse()
+            .unwrap();
+        NodeServer {
+            child,
+            lines: rx,
+            port,
+        }
+    }
+
+    /// Exactly `n` records as parsed JSON (fails on fewer or more).
+    pub fn records(&self, n: usize) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + WAIT;
+        let mut v = Vec::new();
+        while v.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => v.push(l),
+                Err(_) => panic!("FluentServer printed {} of {n} records", v.len()),
+            }
+        }
+        // Nothing more than n.
+        assert!(
+            self.lines.recv_timeout(Duration::from_millis(300)).is_err(),
+            "more records than sent"
+        );
+        v.iter().map(|l| json_value(l)).collect()
+    }
+}
+
+impl Drop for NodeServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
