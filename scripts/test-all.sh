@@ -9,6 +9,17 @@ step() { printf '\n== %s\n' "$*"; }
 step "toolchain components"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
+step "HTTP CONNECT proxies and tools from Debian (tinyproxy, squid, socat, stunnel4)"
+need=()
+for pair in tinyproxy:tinyproxy squid:squid socat:socat stunnel4:stunnel; do
+  command -v "${pair#*:}" >/dev/null 2>&1 || need+=("${pair%%:*}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
 step "third-party Forward peers (npm @fluent-org/logger, PyPI fluent-logger)"
 npm ci --prefix tests/interop --no-audit --no-fund --loglevel=error
 python3 -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt

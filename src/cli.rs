@@ -25,7 +25,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Tail the audit log and forward it (the kube-apiserver sidecar).
-    Forward(ForwardArgs),
+    Forward(Box<ForwardArgs>),
     /// Accept Forward connections and write each event as a JSON line (in the cluster).
     Receive(ReceiveArgs),
     /// Validate a configuration and exit (non-zero on any problem).
@@ -93,6 +93,24 @@ pub struct ForwardArgs {
     /// Server name to verify instead of the host (predecessor's flag, fluent-bit's tls.vhost).
     #[arg(long, value_name = "NAME")]
     pub tls_vhost: Option<String>,
+    /// Tunnel through konnectivity-server's Unix socket (`output.proxy.uds`; predecessor's flag).
+    #[arg(long, value_name = "PATH")]
+    pub konnectivity_uds_socket: Option<PathBuf>,
+    /// CONNECT proxy host (`output.proxy.url`; https when --proxy-ca-file is set).
+    #[arg(long, value_name = "HOST", requires = "proxy_port")]
+    pub proxy_host: Option<String>,
+    /// CONNECT proxy port.
+    #[arg(long, value_name = "PORT", requires = "proxy_host")]
+    pub proxy_port: Option<u16>,
+    /// CA bundle of the proxy's certificate (`output.proxy.ca_file`).
+    #[arg(long, value_name = "FILE", requires = "proxy_host")]
+    pub proxy_ca_file: Option<PathBuf>,
+    /// Client certificate for mutual TLS to the proxy (`output.proxy.cert_file`).
+    #[arg(long, value_name = "FILE", requires = "proxy_host")]
+    pub proxy_client_crt_file: Option<PathBuf>,
+    /// Client key for mutual TLS to the proxy (`output.proxy.key_file`).
+    #[arg(long, value_name = "FILE", requires = "proxy_host")]
+    pub proxy_client_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -162,6 +180,30 @@ impl ForwardArgs {
         if let Some(n) = &self.tls_vhost {
             v.push(format!("output.tls_server_name={}", quote(n)));
         }
+        let path = |k: &str, p: &Option<PathBuf>| {
+            p.as_ref()
+                .map(|p| format!("output.proxy.{k}={}", quote(&p.to_string_lossy())))
+        };
+        v.extend(path("uds", &self.konnectivity_uds_socket));
+        if let (Some(h), Some(p)) = (&self.proxy_host, self.proxy_port) {
+            let scheme = if self.proxy_ca_file.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            let h = if h.contains(':') {
+                format!("[{h}]")
+            } else {
+                h.clone()
+            };
+            v.push(format!(
+                "output.proxy.url={}",
+                quote(&format!("{scheme}://{h}:{p}"))
+            ));
+        }
+        v.extend(path("ca_file", &self.proxy_ca_file));
+        v.extend(path("cert_file", &self.proxy_client_crt_file));
+        v.extend(path("key_file", &self.proxy_client_key_file));
         v
     }
 }

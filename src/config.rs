@@ -128,6 +128,10 @@ pub struct OutputSection {
     /// Name to verify in the server certificate instead of `host`
     /// (fluent-bit's `tls.vhost`).
     pub tls_server_name: Option<String>,
+    /// Reach the servers through an HTTP CONNECT proxy (konnectivity, an
+    /// mTLS proxy, squid, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxySection>,
     /// Forward tag of every event.
     pub tag: String,
     pub host: String,
@@ -189,6 +193,7 @@ impl Default for OutputSection {
             tls_cert_file: None,
             tls_key_file: None,
             tls_server_name: None,
+            proxy: None,
             tag: "audit".into(),
             host: "127.0.0.1".into(),
             port: 24224,
@@ -210,6 +215,122 @@ impl Default for OutputSection {
             retry_max: Duration::from_secs(10),
             checkpoint_interval: Duration::from_millis(250),
         }
+    }
+}
+
+/// An HTTP CONNECT proxy in front of an output's servers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxySection {
+    /// konnectivity-server's Unix socket in http-connect mode.
+    pub uds: Option<PathBuf>,
+    /// `http://host:port`, or `https://host:port` for TLS (usually mutual)
+    /// to the proxy (konnectivity-server, Gardener's VPN endpoint).
+    pub url: Option<String>,
+    /// With `https`: CA bundle of the proxy's certificate.
+    pub ca_file: Option<PathBuf>,
+    /// With `https`: client certificate and key.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// With `https`: name to verify instead of the proxy's host.
+    pub server_name: Option<String>,
+    /// `Host` header of the CONNECT request (default: the target
+    /// `host:port`; kube-apiserver sends `127.0.0.1`).
+    pub host_header: Option<String>,
+    /// Extra CONNECT request headers.
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Basic proxy authentication.
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl ProxySection {
+    /// Checks the settings and builds the transport's proxy.
+    pub fn build(&self) -> Result<crate::transport::proxy::Proxy, String> {
+        use crate::transport::proxy::{Proxy, Via};
+        let https_only = [
+            ("ca_file", self.ca_file.is_some()),
+            ("cert_file", self.cert_file.is_some()),
+            ("key_file", self.key_file.is_some()),
+            ("server_name", self.server_name.is_some()),
+        ];
+        let via = match (&self.uds, &self.url) {
+            (Some(p), None) => Via::Uds(p.clone()),
+            (None, Some(u)) => {
+                let uri: http::Uri = u.parse().map_err(|e| format!("url {u:?}: {e}"))?;
+                let scheme = uri.scheme_str().unwrap_or_default().to_ascii_lowercase();
+                let host = uri
+                    .host()
+                    .ok_or_else(|| format!("url {u:?}: no host"))?
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string();
+                if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+                    return Err(format!("url {u:?}: only scheme://host:port is allowed"));
+                }
+                match scheme.as_str() {
+                    "http" => Via::Http {
+                        host,
+                        port: uri.port_u16().unwrap_or(80),
+                    },
+                    "https" => Via::Https {
+                        host,
+                        port: uri.port_u16().unwrap_or(443),
+                        tls: crate::transport::tls::ClientTls {
+                            settings: "proxy.",
+                            ca_file: Some(
+                                self.ca_file
+                                    .clone()
+                                    .ok_or("ca_file: required with an https url")?,
+                            ),
+                            cert_file: self.cert_file.clone(),
+                            key_file: self.key_file.clone(),
+                            server_name: self.server_name.clone(),
+                        },
+                    },
+                    _ => return Err(format!("url {u:?}: the scheme must be http or https")),
+                }
+            }
+            _ => return Err("set exactly one of uds and url".into()),
+        };
+        if !matches!(via, Via::Https { .. })
+            && let Some((k, _)) = https_only.iter().find(|(_, set)| *set)
+        {
+            return Err(format!("{k}: only with an https url"));
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err("set both cert_file and key_file".into());
+        }
+        if self.username.is_some() != self.password.is_some() {
+            return Err("set both username and password".into());
+        }
+        // No header injection through configuration.
+        let bad = |v: &str| v.contains(['\r', '\n']);
+        for (k, v) in &self.headers {
+            if k.is_empty()
+                || !k
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+            {
+                return Err(format!("headers: {k:?} is not a header name"));
+            }
+            if bad(v) {
+                return Err(format!("headers.{k}: must not contain CR or LF"));
+            }
+        }
+        if self.host_header.as_deref().is_some_and(bad) {
+            return Err("host_header: must not contain CR or LF".into());
+        }
+        Ok(Proxy {
+            via,
+            host_header: self.host_header.clone(),
+            headers: self
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            basic_auth: self.username.clone().zip(self.password.clone()),
+        })
     }
 }
 
@@ -244,6 +365,22 @@ impl OutputSection {
                 .as_ref()
                 .map(|p| p.to_string_lossy().into_owned())
         })
+    }
+
+    /// TLS to the servers, if on.
+    pub fn client_tls(&self) -> Option<crate::transport::tls::ClientTls> {
+        self.tls.then(|| crate::transport::tls::ClientTls {
+            settings: "tls_",
+            ca_file: self.tls_ca_file.clone(),
+            cert_file: self.tls_cert_file.clone(),
+            key_file: self.tls_key_file.clone(),
+            server_name: self.tls_server_name.clone(),
+        })
+    }
+
+    /// The proxy in front of the servers, if any (checked by `validate`).
+    pub fn proxy(&self) -> Result<Option<crate::transport::proxy::Proxy>, String> {
+        self.proxy.as_ref().map(ProxySection::build).transpose()
     }
 
     /// Upper bound of bytes this output holds between reader and wire,
@@ -358,9 +495,7 @@ pub fn load(file: Option<&Path>, sets: &[String]) -> Result<Config, ConfigError>
                 list.push(Value::from(Dict::new()));
             }
             if let Some(Value::Dict(_, first)) = list.first_mut() {
-                for (k, v) in over {
-                    first.insert(k, v);
-                }
+                merge(first, over);
             }
         }
     }
@@ -372,6 +507,19 @@ pub fn load(file: Option<&Path>, sets: &[String]) -> Result<Config, ConfigError>
     }
     validate(&cfg)?;
     Ok(cfg)
+}
+
+/// Merges `over` into `dst`, table by table (`output.proxy.ca_file` from
+/// the environment keeps `outputs[0].proxy.url` from the file).
+fn merge(dst: &mut Dict, over: Dict) {
+    for (k, v) in over {
+        match (dst.get_mut(&k), v) {
+            (Some(Value::Dict(_, d)), Value::Dict(_, o)) => merge(d, o),
+            (_, v) => {
+                dst.insert(k, v);
+            }
+        }
+    }
 }
 
 fn explain(e: figment::Error) -> ConfigError {
@@ -459,6 +607,9 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
         }
         if o.tag.is_empty() {
             errs.push(format!("outputs[{i}].tag: must not be empty"));
+        }
+        if let Err(e) = o.proxy() {
+            errs.push(format!("outputs[{i}].proxy.{e}"));
         }
     }
     if cfg.tail.max_line_bytes == 0 {
@@ -548,5 +699,72 @@ mod tests {
             load(Some(Path::new("/nonexistent.toml")), &[]),
             Err(ConfigError::Missing(_))
         ));
+    }
+
+    #[test]
+    fn proxy_settings() {
+        use crate::transport::proxy::Via;
+        // File gives the url, flags add certificates: tables merge.
+        let c = with_file(
+            "[[outputs]]\nname = \"a\"\n[outputs.proxy]\nurl = \"https://vpn-seed-server:9443\"\nheaders = { X-Route = \"a\" }\n",
+            &[
+                "output.proxy.ca_file=\"/c/ca.crt\"",
+                "output.proxy.cert_file=\"/c/tls.crt\"",
+                "output.proxy.key_file=\"/c/tls.key\"",
+            ],
+        )
+        .unwrap();
+        let p = c.outputs[0].proxy().unwrap().unwrap();
+        match &p.via {
+            Via::Https { host, port, tls } => {
+                assert_eq!((host.as_str(), *port), ("vpn-seed-server", 9443));
+                assert_eq!(tls.key_file.as_deref(), Some(Path::new("/c/tls.key")));
+            }
+            v => panic!("{v:?}"),
+        }
+        assert_eq!(p.headers, vec![("X-Route".to_string(), "a".to_string())]);
+        let c = with_file("", &["output.proxy.uds=\"/k/konnectivity-server.socket\""]).unwrap();
+        assert!(matches!(
+            c.outputs[0].proxy().unwrap().unwrap().via,
+            Via::Uds(_)
+        ));
+        let c = with_file("", &["output.proxy.url=\"http://[::1]:3128\""]).unwrap();
+        assert!(matches!(
+            c.outputs[0].proxy().unwrap().unwrap().via,
+            Via::Http { ref host, port: 3128 } if host == "::1"
+        ));
+        for (bad, want) in [
+            ("output.proxy.url=\"https://p:1\"", "ca_file: required"),
+            ("output.proxy.url=\"socks5://p:1\"", "scheme"),
+            (
+                "output.proxy.url=\"http://p:1/x\"",
+                "only scheme://host:port",
+            ),
+            (
+                "output.proxy.host_header=\"a\"",
+                "exactly one of uds and url",
+            ),
+            ("output.proxy.ca_file=\"/x\"", "exactly one"),
+        ] {
+            let e = with_file("", &[bad]).unwrap_err().to_string();
+            assert!(
+                e.contains("outputs[0].proxy.") && e.contains(want),
+                "{bad}: {e}"
+            );
+        }
+        let e = with_file(
+            "[[outputs]]\n[outputs.proxy]\nurl = \"http://p:1\"\nca_file = \"/x\"\nhost_header = \"a\\r\\nX: y\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("ca_file: only with an https url"), "{e}");
+        let e = with_file(
+            "[[outputs]]\n[outputs.proxy]\nurl = \"http://p:1\"\nhost_header = \"a\\r\\nX: y\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("host_header: must not contain CR or LF"), "{e}");
     }
 }

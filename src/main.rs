@@ -291,15 +291,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .filter_map(|o| pipeline::load_policy(o).err().map(|e| e.to_string()))
                 .collect();
             // Certificates and keys parse, and each key matches its certificate.
-            for o in cfg.outputs.iter().filter(|o| o.tls) {
-                let t = audit_forwarder::transport::tls::ClientTls {
-                    ca_file: o.tls_ca_file.clone(),
-                    cert_file: o.tls_cert_file.clone(),
-                    key_file: o.tls_key_file.clone(),
-                    server_name: o.tls_server_name.clone(),
+            for o in &cfg.outputs {
+                let proxy_tls = match o.proxy() {
+                    Ok(Some(audit_forwarder::transport::proxy::Proxy {
+                        via: audit_forwarder::transport::proxy::Via::Https { tls, .. },
+                        ..
+                    })) => Some(tls),
+                    _ => None,
                 };
-                if let Err(e) = t.config() {
-                    problems.push(format!("output {:?}: {e}", o.name));
+                for t in o.client_tls().into_iter().chain(proxy_tls) {
+                    if let Err(e) = t.config() {
+                        problems.push(format!("output {:?}: {e}", o.name));
+                    }
                 }
             }
             let r = &cfg.receive;

@@ -38,6 +38,8 @@ pub enum PipelineError {
     },
     #[error("starting the tail thread: {0}")]
     Thread(std::io::Error),
+    #[error("proxy: {0}")]
+    Proxy(String),
 }
 
 /// What one output did.
@@ -179,6 +181,7 @@ fn output(
         stop.clone(),
     );
     let waker = tail.waker();
+    let proxy = o.proxy().map_err(PipelineError::Proxy)?;
     let mut proc = Processor::new(
         Batcher::new(BatchConfig {
             tag: o.tag.clone(),
@@ -221,12 +224,8 @@ fn output(
             servers: o.servers.iter().map(|s| (s.host.clone(), s.port)).collect(),
             rebalance: (o.balance == crate::config::Balance::RoundRobin)
                 .then_some(o.rebalance_interval),
-            tls: o.tls.then(|| crate::transport::tls::ClientTls {
-                ca_file: o.tls_ca_file.clone(),
-                cert_file: o.tls_cert_file.clone(),
-                key_file: o.tls_key_file.clone(),
-                server_name: o.tls_server_name.clone(),
-            }),
+            tls: o.client_tls(),
+            proxy,
             security: o
                 .shared_key
                 .as_ref()

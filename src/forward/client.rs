@@ -13,6 +13,8 @@ use super::protocol::frame::{self, Frame};
 use crate::logging::RateLimit;
 use crate::metrics::OutputMetrics;
 use crate::source::Position;
+use crate::transport::proxy::ProxyError;
+use crate::transport::tls::TlsError;
 use crate::transport::{self, ConnectError, Stream};
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -43,6 +45,8 @@ pub struct ClientConfig {
     pub tls: Option<crate::transport::tls::ClientTls>,
     /// Shared key (and user) for the handshake; `None`: no handshake.
     pub security: Option<crate::forward::auth::ClientSecurity>,
+    /// Reach every server through this HTTP CONNECT proxy.
+    pub proxy: Option<crate::transport::proxy::Proxy>,
 }
 
 impl ClientConfig {
@@ -56,6 +60,8 @@ impl ClientConfig {
 pub enum SessionError {
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
     #[error("connection closed by the server")]
     Closed,
     #[error("i/o error: {0}")]
@@ -75,23 +81,33 @@ pub enum SessionError {
     #[error("handshake: {0}")]
     Auth(#[from] crate::forward::auth::AuthError),
     #[error(transparent)]
-    Tls(#[from] crate::transport::tls::TlsError),
+    Tls(TlsError),
 }
 
 impl From<std::io::Error> for SessionError {
     fn from(e: std::io::Error) -> Self {
-        let alert = e
-            .get_ref()
-            .and_then(|i| i.downcast_ref::<tokio_rustls::rustls::Error>())
-            .and_then(|r| match r {
-                tokio_rustls::rustls::Error::AlertReceived(a) => {
-                    Some(format!("received fatal alert: {a:?}"))
-                }
-                _ => None,
-            });
-        match alert {
+        // An in-tunnel proxy answer surfaces through a read.
+        if ProxyError::from_io(&e).is_some() {
+            return match e.into_inner().map(|i| i.downcast::<ProxyError>()) {
+                Some(Ok(p)) => SessionError::Proxy(*p),
+                _ => SessionError::Closed,
+            };
+        }
+        match crate::transport::tls::alert(&e) {
             Some(a) => SessionError::TlsAlert(a),
             None => SessionError::Io(e),
+        }
+    }
+}
+
+impl From<TlsError> for SessionError {
+    fn from(e: TlsError) -> Self {
+        match e {
+            // The proxy answered inside the tunnel during the TLS handshake.
+            TlsError::Handshake { error, .. } if ProxyError::from_io(&error).is_some() => {
+                SessionError::from(error)
+            }
+            e => SessionError::Tls(e),
         }
     }
 }
@@ -100,6 +116,7 @@ impl SessionError {
     pub fn reason(&self) -> &'static str {
         match self {
             SessionError::Connect(e) => e.reason(),
+            SessionError::Proxy(e) => e.reason(),
             SessionError::Closed => "closed",
             SessionError::Io(_) => "io",
             SessionError::AckTimeout(_) => "ack_timeout",
@@ -244,7 +261,9 @@ impl Client {
                 Ok(()) => continue,
                 Err(e) => {
                     match &e {
-                        SessionError::Connect(_) => self.m.connect_error(e.reason()),
+                        SessionError::Connect(_) | SessionError::Proxy(_) => {
+                            self.m.connect_error(e.reason())
+                        }
                         _ => self.m.reconnect(e.reason()),
                     }
                     let wait = backoff.next();
@@ -362,8 +381,10 @@ impl Client {
     }
 
     async fn connect_one(&self, host: &str, port: u16) -> Result<Stream, SessionError> {
-        let s = transport::tcp::connect(host, port, self.cfg.connect_timeout).await?;
-        let s: Stream = Box::new(s);
+        let s: Stream = match &self.cfg.proxy {
+            Some(p) => p.connect(host, port, self.cfg.connect_timeout).await?,
+            None => Box::new(transport::tcp::connect(host, port, self.cfg.connect_timeout).await?),
+        };
         match &self.cfg.tls {
             // Files are read on every connection: rotated certificates apply
             // to the next one.
@@ -578,5 +599,43 @@ impl Client {
         if let Some(p) = moved {
             let _ = self.watermark.send(Some(p));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn in_tunnel() -> std::io::Error {
+        std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            ProxyError::InTunnel {
+                proxy: "unix:/k.sock".into(),
+                target: "10.0.0.1:24224".into(),
+                line: "HTTP/0.0 503 Service Unavailable".into(),
+            },
+        )
+    }
+
+    /// An in-tunnel proxy answer is a proxy error whether it arrives at a
+    /// read of the Forward stream or inside the TLS handshake.
+    #[test]
+    fn in_tunnel_proxy_answers_are_proxy_errors() {
+        for e in [
+            SessionError::from(in_tunnel()),
+            SessionError::from(TlsError::Handshake {
+                peer: "receiver".into(),
+                error: in_tunnel(),
+            }),
+        ] {
+            assert!(
+                matches!(e, SessionError::Proxy(ProxyError::InTunnel { .. })),
+                "{e:?}"
+            );
+            assert_eq!(e.reason(), "proxy_refused");
+            assert!(e.to_string().contains("HTTP/0.0 503"), "{e}");
+        }
+        let e = SessionError::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        assert!(matches!(e, SessionError::Io(_)));
     }
 }

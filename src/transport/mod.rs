@@ -1,6 +1,7 @@
-//! Byte streams to a Forward server: plain TCP today; TLS and HTTP CONNECT
-//! proxies wrap the same [`Stream`] type.
+//! Byte streams to a Forward server: plain TCP, or a tunnel through an HTTP
+//! CONNECT proxy; TLS to the server wraps either (the same [`Stream`] type).
 
+pub mod proxy;
 pub mod tcp;
 pub mod tls;
 

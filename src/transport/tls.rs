@@ -16,7 +16,7 @@ use tokio_rustls::rustls;
 pub enum TlsError {
     #[error("{setting} = {path}: {error}")]
     File {
-        setting: &'static str,
+        setting: String,
         path: PathBuf,
         error: String,
     },
@@ -34,9 +34,9 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn certs(setting: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+fn certs(setting: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let err = |error: String| TlsError::File {
-        setting,
+        setting: setting.to_string(),
         path: path.to_path_buf(),
         error,
     };
@@ -50,19 +50,19 @@ fn certs(setting: &'static str, path: &Path) -> Result<Vec<CertificateDer<'stati
     Ok(v)
 }
 
-fn key(setting: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+fn key(setting: &str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::File {
-        setting,
+        setting: setting.to_string(),
         path: path.to_path_buf(),
         error: e.to_string(),
     })
 }
 
-fn roots(setting: &'static str, path: &Path) -> Result<rustls::RootCertStore, TlsError> {
+fn roots(setting: &str, path: &Path) -> Result<rustls::RootCertStore, TlsError> {
     let mut store = rustls::RootCertStore::empty();
     for c in certs(setting, path)? {
         store.add(c).map_err(|e| TlsError::File {
-            setting,
+            setting: setting.to_string(),
             path: path.to_path_buf(),
             error: e.to_string(),
         })?;
@@ -70,9 +70,12 @@ fn roots(setting: &'static str, path: &Path) -> Result<rustls::RootCertStore, Tl
     Ok(store)
 }
 
-/// Client side settings of one destination.
+/// Client side settings of one destination (or of a proxy).
 #[derive(Debug, Clone, Default)]
 pub struct ClientTls {
+    /// Prefix of the setting names in error messages: `tls_` for an
+    /// output (`tls_ca_file`), `proxy.` for its proxy (`proxy.ca_file`).
+    pub settings: &'static str,
     /// CA bundle that signs the server's certificate.
     pub ca_file: Option<PathBuf>,
     pub cert_file: Option<PathBuf>,
@@ -84,22 +87,31 @@ pub struct ClientTls {
 impl ClientTls {
     /// Reads the files and builds a rustls client configuration.
     pub fn config(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-        let ca = self.ca_file.as_deref().ok_or_else(|| {
-            TlsError::Config("tls_ca_file is required to verify the server".into())
-        })?;
+        let p = if self.settings.is_empty() {
+            "tls_"
+        } else {
+            self.settings
+        };
+        let (ca_s, cert_s, key_s) = (
+            format!("{p}ca_file"),
+            format!("{p}cert_file"),
+            format!("{p}key_file"),
+        );
+        let ca = self
+            .ca_file
+            .as_deref()
+            .ok_or_else(|| TlsError::Config(format!("{ca_s} is required to verify the server")))?;
         let b = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Config(e.to_string()))?
-            .with_root_certificates(roots("tls_ca_file", ca)?);
+            .with_root_certificates(roots(&ca_s, ca)?);
         let cfg = match (&self.cert_file, &self.key_file) {
             (Some(c), Some(k)) => b
-                .with_client_auth_cert(certs("tls_cert_file", c)?, key("tls_key_file", k)?)
-                .map_err(|e| TlsError::Config(format!("tls_cert_file/tls_key_file: {e}")))?,
+                .with_client_auth_cert(certs(&cert_s, c)?, key(&key_s, k)?)
+                .map_err(|e| TlsError::Config(format!("{cert_s}/{key_s}: {e}")))?,
             (None, None) => b.with_no_client_auth(),
             _ => {
-                return Err(TlsError::Config(
-                    "set both tls_cert_file and tls_key_file".into(),
-                ));
+                return Err(TlsError::Config(format!("set both {cert_s} and {key_s}")));
             }
         };
         Ok(Arc::new(cfg))
@@ -123,6 +135,17 @@ impl ClientTls {
             Ok(Ok(s)) => Ok(Box::new(s)),
         }
     }
+}
+
+/// The TLS alert an I/O error carries, e.g. a rejected client certificate
+/// (with TLS 1.3 it arrives at the first read after the handshake).
+pub fn alert(e: &std::io::Error) -> Option<String> {
+    e.get_ref()
+        .and_then(|i| i.downcast_ref::<rustls::Error>())
+        .and_then(|r| match r {
+            rustls::Error::AlertReceived(a) => Some(format!("received fatal alert: {a:?}")),
+            _ => None,
+        })
 }
 
 /// Server side settings.

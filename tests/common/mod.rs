@@ -1,6 +1,9 @@
 //! Helpers for tests that drive the real binary.
 #![allow(dead_code)]
 
+pub mod pki;
+pub mod proxies;
+
 use audit_forwarder::synth::{Generator, Mix};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
