@@ -51,6 +51,9 @@ struct Families {
     lag_seconds: FGauges,
     last_acked_ts: FGauges,
     config_reloads: Counters,
+    filter_events: Counters,
+    filter_errors: Counters,
+    filter_reloads: Counters,
     recv_connections: Counters,
     recv_connections_active: Gauges,
     recv_messages: Counters,
@@ -101,6 +104,9 @@ struct FamiliesHandle {
     events_dropped: Counters,
     connect_errors: Counters,
     reconnects: Counters,
+    filter_events: Counters,
+    filter_errors: Counters,
+    filter_reloads: Counters,
 }
 
 impl OutputMetrics {
@@ -133,6 +139,34 @@ impl OutputMetrics {
     }
     pub fn connect_error(&self, reason: &str) {
         if let Some(c) = self.labeled(|f| &f.connect_errors, reason) {
+            c.inc();
+        }
+    }
+    fn filter_series(
+        &self,
+        pick: impl Fn(&FamiliesHandle) -> &Counters,
+        filter: &str,
+        extra: Option<(&'static str, &str)>,
+    ) -> Option<Counter> {
+        let f = self.families.as_ref()?;
+        let mut l = vec![("output", self.name.clone()), ("filter", filter.to_string())];
+        if let Some((k, v)) = extra {
+            l.push((k, v.to_string()));
+        }
+        Some(pick(f).get_or_create(&l).clone())
+    }
+    pub fn filter_call(&self, filter: &str, events: u64) {
+        if let Some(c) = self.filter_series(|f| &f.filter_events, filter, None) {
+            c.inc_by(events);
+        }
+    }
+    pub fn filter_error(&self, filter: &str, reason: &str) {
+        if let Some(c) = self.filter_series(|f| &f.filter_errors, filter, Some(("reason", reason))) {
+            c.inc();
+        }
+    }
+    pub fn filter_reload(&self, filter: &str, result: &str) {
+        if let Some(c) = self.filter_series(|f| &f.filter_reloads, filter, Some(("result", result))) {
             c.inc();
         }
     }
@@ -240,6 +274,9 @@ impl Metrics {
             "lag_seconds", "Now minus the stageTimestamp of the last acknowledged event, while anything is unacknowledged; else 0", lag_seconds;
             "last_acked_event_timestamp_seconds", "stageTimestamp of the last acknowledged event", last_acked_ts;
             "config_reloads", "Configuration reloads, by result (ok, invalid)", config_reloads;
+            "filter_events", "Events passed to a WASM filter", filter_events;
+            "filter_errors", "WASM filter failures (trap, timeout, memory, verdict_count, invalid_verdict, instantiate)", filter_errors;
+            "filter_reloads", "WASM filter file changes, by result (ok, rejected)", filter_reloads;
             "receiver_connections", "Connections accepted by the receiver", recv_connections;
             "receiver_connections_active", "Open receiver connections", recv_connections_active;
             "receiver_messages", "Forward messages received, by mode", recv_messages;
@@ -288,6 +325,9 @@ impl Metrics {
                 events_dropped: f.events_dropped.clone(),
                 connect_errors: f.connect_errors.clone(),
                 reconnects: f.reconnects.clone(),
+                filter_events: f.filter_events.clone(),
+                filter_errors: f.filter_errors.clone(),
+                filter_reloads: f.filter_reloads.clone(),
             })),
         }
     }

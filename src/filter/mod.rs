@@ -1,5 +1,7 @@
-//! The filter stage: Kubernetes audit Policy per output, then the decision
-//! applied to the encoded record.
+//! The filter stage: Kubernetes audit Policy per output, the decision
+//! applied to the encoded record, then the output's WebAssembly filters.
 
 pub mod apply;
+pub mod chain;
 pub mod policy;
+pub mod wasm;

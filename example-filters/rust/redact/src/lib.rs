@@ -1,0 +1,126 @@
+//! Removes secret material from events about Secrets (or other resources):
+//! `requestObject.data`, `responseObject.data`, and the same inside list
+//! responses (`responseObject.items.*.data`), replacing the event.
+//!
+//! ```toml
+//! [[outputs.filters]]
+//! wasm = "/filters/redact.wasm"
+//! config = { resources = ["secrets"], paths = ["requestObject.data", "responseObject.items.*.data"] }
+//! ```
+//! Defaults: resources `["secrets"]`; paths `data` and `stringData` under
+//! `requestObject`, `responseObject` and `responseObject.items.*`. Events of
+//! other resources are kept without being parsed.
+
+wit_bindgen::generate!({ path: "../../../filters-wit", world: "audit-filter" });
+
+use audit_forwarder::filter::host::log;
+use audit_forwarder::filter::types::LogLevel;
+use exports::audit_forwarder::filter::filter::{Event, Guest, Verdict};
+use serde_json::Value;
+use std::cell::RefCell;
+
+struct Rules {
+    resources: Vec<String>,
+    paths: Vec<Vec<String>>,
+}
+
+fn split(paths: &[&str]) -> Vec<Vec<String>> {
+    paths
+        .iter()
+        .map(|p| p.split('.').map(str::to_string).collect())
+        .collect()
+}
+
+thread_local! {
+    static RULES: RefCell<Rules> = RefCell::new(Rules {
+        resources: vec!["secrets".into()],
+        paths: split(&[
+            "requestObject.data",
+            "requestObject.stringData",
+            "responseObject.data",
+            "responseObject.stringData",
+            "responseObject.items.*.data",
+            "responseObject.items.*.stringData",
+        ]),
+    });
+}
+
+/// Removes `path` below `v`; `*` walks every element of an array. Returns
+/// whether anything was removed.
+fn remove(v: &mut Value, path: &[String]) -> bool {
+    match path {
+        [] => false,
+        [last] => v.as_object_mut().is_some_and(|o| o.remove(last).is_some()),
+        [head, rest @ ..] if head == "*" => v
+            .as_array_mut()
+            .map(|a| a.iter_mut().fold(false, |acc, x| remove(x, rest) | acc))
+            .unwrap_or(false),
+        [head, rest @ ..] => v.get_mut(head.as_str()).is_some_and(|x| remove(x, rest)),
+    }
+}
+
+struct Redact;
+
+impl Guest for Redact {
+    fn configure(config: String) -> Result<(), String> {
+        let c: Value = serde_json::from_str(&config).map_err(|e| format!("config: {e}"))?;
+        let list = |key: &str| -> Result<Option<Vec<String>>, String> {
+            c.get(key)
+                .map(|v| {
+                    v.as_array()
+                        .and_then(|a| a.iter().map(|s| s.as_str().map(str::to_string)).collect())
+                        .ok_or_else(|| format!("config: `{key}` must be a list of strings"))
+                })
+                .transpose()
+        };
+        for k in c.as_object().into_iter().flat_map(|o| o.keys()) {
+            if !["resources", "paths"].contains(&k.as_str()) {
+                return Err(format!("config: unknown key `{k}`"));
+            }
+        }
+        let resources = list("resources")?;
+        let paths = list("paths")?;
+        RULES.with(|r| {
+            let mut r = r.borrow_mut();
+            if let Some(v) = resources {
+                r.resources = v;
+            }
+            if let Some(p) = paths {
+                r.paths = p.iter().map(|p| p.split('.').map(str::to_string).collect()).collect();
+            }
+        });
+        Ok(())
+    }
+
+    fn filter_batch(events: Vec<Event>) -> Vec<Verdict> {
+        RULES.with(|r| {
+            let r = r.borrow();
+            events
+                .iter()
+                .map(|e| {
+                    if !r.resources.iter().any(|x| *x == e.resource) {
+                        return Verdict::Keep;
+                    }
+                    let mut v: Value = match serde_json::from_str(&e.json) {
+                        Ok(v) => v,
+                        Err(err) => {
+                            log(LogLevel::Warn, &format!("event {}: {err}", e.audit_id));
+                            return Verdict::Keep;
+                        }
+                    };
+                    let mut changed = false;
+                    for p in &r.paths {
+                        changed |= remove(&mut v, p);
+                    }
+                    if changed {
+                        Verdict::Replace(v.to_string())
+                    } else {
+                        Verdict::Keep
+                    }
+                })
+                .collect()
+        })
+    }
+}
+
+export!(Redact);
