@@ -35,6 +35,32 @@ pub enum Command {
     /// Work with audit policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Develop and try WebAssembly filters.
+    #[command(subcommand)]
+    Filter(FilterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FilterCommand {
+    /// Run a filter over events (JSON lines from a file or stdin) and print
+    /// one JSON line per event: its result (keep, changed, drop) and the
+    /// event as it would be forwarded. Exits 1 if the filter fails.
+    Test {
+        /// The filter component (.wasm); repeat for a chain.
+        #[arg(long, required = true)]
+        wasm: Vec<PathBuf>,
+        /// A config value, `key=value` (TOML value, else a string); repeatable.
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        config: Vec<String>,
+        /// Events per call.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Deadline per call.
+        #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        /// Events, one JSON object per line (default: stdin).
+        file: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

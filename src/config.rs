@@ -132,6 +132,10 @@ pub struct OutputSection {
     /// mTLS proxy, squid, ...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy: Option<ProxySection>,
+    /// WebAssembly filters, run in order after the policy.
+    pub filters: Vec<FilterSection>,
+    /// Events per filter call (one call per batch).
+    pub filter_batch_events: usize,
     /// Forward tag of every event.
     pub tag: String,
     pub host: String,
@@ -194,6 +198,8 @@ impl Default for OutputSection {
             tls_key_file: None,
             tls_server_name: None,
             proxy: None,
+            filters: Vec::new(),
+            filter_batch_events: 64,
             tag: "audit".into(),
             host: "127.0.0.1".into(),
             port: 24224,
@@ -214,6 +220,64 @@ impl Default for OutputSection {
             retry_min: Duration::from_millis(200),
             retry_max: Duration::from_secs(10),
             checkpoint_interval: Duration::from_millis(250),
+        }
+    }
+}
+
+/// One WebAssembly filter (a component implementing filters-wit/).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterSection {
+    /// The component file; reloaded when it changes.
+    pub wasm: PathBuf,
+    /// Name in logs and metrics (default: the file stem).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Passed to the filter's `configure` as a JSON object.
+    #[serde(default = "empty_table")]
+    pub config: serde_json::Value,
+    /// `keep` (default), `drop` or `stop` when the filter fails.
+    #[serde(default)]
+    pub on_error: crate::filter::chain::OnError,
+    /// Deadline of one batch call.
+    #[serde(default = "filter_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Linear memory cap of the filter instance.
+    #[serde(default = "filter_memory")]
+    pub max_memory_bytes: usize,
+}
+
+fn empty_table() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+fn filter_timeout() -> Duration {
+    Duration::from_millis(100)
+}
+fn filter_memory() -> usize {
+    64 << 20
+}
+
+impl FilterSection {
+    /// The filter's name: `name`, else the file stem.
+    pub fn display_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            self.wasm
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "filter".into())
+        })
+    }
+
+    /// What the host needs to load it; compiled forms are cached in
+    /// `cache_dir`.
+    pub fn spec(&self, cache_dir: Option<PathBuf>) -> crate::filter::wasm::Spec {
+        crate::filter::wasm::Spec {
+            name: self.display_name(),
+            path: self.wasm.clone(),
+            config: self.config.to_string(),
+            timeout: self.timeout,
+            max_memory: self.max_memory_bytes,
+            cache_dir,
         }
     }
 }
@@ -610,6 +674,19 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
         }
         if let Err(e) = o.proxy() {
             errs.push(format!("outputs[{i}].proxy.{e}"));
+        }
+        if o.filter_batch_events == 0 {
+            errs.push(format!("outputs[{i}].filter_batch_events: must be > 0"));
+        }
+        for (j, f) in o.filters.iter().enumerate() {
+            if !f.config.is_object() {
+                errs.push(format!("outputs[{i}].filters[{j}].config: must be a table"));
+            }
+            if f.timeout.is_zero() || f.max_memory_bytes < (1 << 20) {
+                errs.push(format!(
+                    "outputs[{i}].filters[{j}]: timeout must be > 0 and max_memory_bytes at least 1 MiB"
+                ));
+            }
         }
     }
     if cfg.tail.max_line_bytes == 0 {

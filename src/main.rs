@@ -1,5 +1,5 @@
 use anyhow::Context;
-use audit_forwarder::cli::{Cli, Command, ForwardArgs, PolicyCommand};
+use audit_forwarder::cli::{Cli, Command, FilterCommand, ForwardArgs, PolicyCommand};
 use audit_forwarder::config::{self, Config};
 use audit_forwarder::forward::server::{Output, Server, ServerConfig};
 use audit_forwarder::metrics::Metrics;
@@ -200,6 +200,10 @@ async fn forward(cli: &Cli, a: &ForwardArgs) -> anyhow::Result<ExitCode> {
                         dropped_oversize = r.dropped_oversize,
                         buffered_bytes_max = r.buffered_bytes_max, complete = r.complete, "output finished");
                     ok &= r.complete || !a.oneshot;
+                    if let Some(f) = &r.fatal {
+                        error!(output = %r.output, "output stopped: {f}");
+                        ok = false;
+                    }
                 }
                 return Ok(if ok {
                     ExitCode::SUCCESS
@@ -355,6 +359,94 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 match std::io::Write::write_all(&mut out, format!("{v}\n").as_bytes()) {
                     Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break,
                     r => r?,
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Filter(FilterCommand::Test {
+            wasm,
+            config,
+            batch,
+            timeout,
+            file,
+        }) => {
+            logging::init(
+                cli.log_level.as_deref().unwrap_or("info"),
+                cli.log_format.unwrap_or(logging::LogFormat::Text),
+            );
+            let mut table = serde_json::Map::new();
+            for kv in config {
+                let (k, v) = kv
+                    .split_once('=')
+                    .with_context(|| format!("--config {kv:?}: expected KEY=VALUE"))?;
+                let v = toml::from_str::<toml::Table>(&format!("v = {v}"))
+                    .ok()
+                    .and_then(|t| t.get("v").cloned())
+                    .and_then(|v| serde_json::to_value(v).ok())
+                    .unwrap_or_else(|| serde_json::Value::from(v));
+                table.insert(k.trim().to_string(), v);
+            }
+            let config = serde_json::Value::Object(table).to_string();
+            let specs = wasm
+                .iter()
+                .map(|p| {
+                    let spec = audit_forwarder::filter::wasm::Spec {
+                        name: p
+                            .file_stem()
+                            .map(|s| s.to_string_lossy().into_owned())
+                            .unwrap_or_default(),
+                        path: p.clone(),
+                        config: config.clone(),
+                        timeout: *timeout,
+                        max_memory: 256 << 20,
+                        cache_dir: None,
+                    };
+                    (spec, audit_forwarder::filter::chain::OnError::Stop)
+                })
+                .collect();
+            let mut chain = audit_forwarder::filter::chain::Chain::load(
+                specs,
+                audit_forwarder::metrics::OutputMetrics::default(),
+            )?;
+            let input: Box<dyn std::io::BufRead> = match file {
+                Some(f) => Box::new(std::io::BufReader::new(
+                    std::fs::File::open(f).with_context(|| f.display().to_string())?,
+                )),
+                None => Box::new(std::io::stdin().lock()),
+            };
+            let mut out = std::io::stdout().lock();
+            let mut lines = std::io::BufRead::split(input, b'\n').enumerate().peekable();
+            while lines.peek().is_some() {
+                let mut batch_lines = Vec::new();
+                let mut first = 0;
+                for (n, l) in lines.by_ref() {
+                    let l = l?;
+                    if l.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    if batch_lines.is_empty() {
+                        first = n + 1;
+                    }
+                    batch_lines.push(l);
+                    if batch_lines.len() >= (*batch).max(1) {
+                        break;
+                    }
+                }
+                if batch_lines.is_empty() {
+                    break;
+                }
+                let results = match audit_forwarder::filter::chain::try_lines(&mut chain, first, &batch_lines) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("filter failed: {e}");
+                        return Ok(ExitCode::from(1));
+                    }
+                };
+                for r in results {
+                    match std::io::Write::write_all(&mut out, format!("{r}\n").as_bytes()) {
+                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
+                        r => r?,
+                    }
                 }
             }
             Ok(ExitCode::SUCCESS)

@@ -40,6 +40,11 @@ pub enum PipelineError {
     Thread(std::io::Error),
     #[error("proxy: {0}")]
     Proxy(String),
+    #[error("output {output:?}: {source}")]
+    Filter {
+        output: String,
+        source: crate::filter::wasm::LoadError,
+    },
 }
 
 /// What one output did.
@@ -56,6 +61,8 @@ pub struct Report {
     pub checkpoint: Option<Checkpoint>,
     /// Everything read was acknowledged (oneshot success).
     pub complete: bool,
+    /// Why the output stopped on its own (a filter with `on_error = "stop"`).
+    pub fatal: Option<String>,
 }
 
 /// Runs every output until `shutdown` (or, with `oneshot`, until caught up
@@ -70,11 +77,31 @@ pub async fn run(
         path: cfg.state_dir.clone(),
         source,
     })?;
+    // Every output stops on `shutdown`, or when one of them must stop.
+    let (stop_all, all_rx) = watch::channel(false);
+    let stop_all = Arc::new(stop_all);
+    {
+        let (mut sd, tx) = (shutdown.clone(), stop_all.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = crate::stopped(&mut sd) => { let _ = tx.send(true); }
+                _ = tx.closed() => {}
+            }
+        });
+    }
     let mut tasks = Vec::new();
     for o in &cfg.outputs {
-        let p = output(cfg, o, oneshot, metrics.output(&o.name), shutdown.clone())?;
+        let p = output(
+            cfg,
+            o,
+            oneshot,
+            metrics.output(&o.name),
+            all_rx.clone(),
+            stop_all.clone(),
+        )?;
         tasks.push(tokio::spawn(p));
     }
+    drop(all_rx);
     let mut reports = Vec::new();
     for t in tasks {
         match t.await {
@@ -136,6 +163,25 @@ fn update_lag(m: &OutputMetrics, lag: u64) {
     m.lag_seconds.set(secs);
 }
 
+/// Loads an output's WASM filters (compiled forms cached under
+/// `state_dir/wasm-cache`).
+pub fn load_filters(
+    cfg: &Config,
+    o: &OutputSection,
+    m: OutputMetrics,
+) -> Result<crate::filter::chain::Chain, PipelineError> {
+    let cache = Some(cfg.state_dir.join("wasm-cache"));
+    let specs = o
+        .filters
+        .iter()
+        .map(|f| (f.spec(cache.clone()), f.on_error))
+        .collect();
+    crate::filter::chain::Chain::load(specs, m).map_err(|source| PipelineError::Filter {
+        output: o.name.clone(),
+        source,
+    })
+}
+
 /// Loads an output's policy (preset or file), logging lenient-decoding warnings.
 pub fn load_policy(o: &OutputSection) -> Result<Option<Policy>, PipelineError> {
     let Some(spec) = o.policy_spec() else {
@@ -158,10 +204,12 @@ fn output(
     oneshot: bool,
     m: OutputMetrics,
     shutdown: watch::Receiver<bool>,
+    stop_all: Arc<watch::Sender<bool>>,
 ) -> Result<impl Future<Output = Report> + use<>, PipelineError> {
     let cp_path = cfg.state_dir.join(format!("checkpoint-{}.json", o.name));
     let resume = Checkpoint::load(&cp_path)?;
     let policy = load_policy(o)?;
+    let chain = load_filters(cfg, o, m.clone())?;
     let (chunk_tx, chunk_rx) = mpsc::channel(o.max_pending_chunks);
     let (wm_tx, mut wm_rx) = watch::channel::<Option<Position>>(None);
     let (conn_tx, _conn_rx) = watch::channel(false);
@@ -195,7 +243,8 @@ fn output(
         cfg.tail.on_invalid,
         m.clone(),
     )
-    .with_max_record(o.max_record_bytes);
+    .with_max_record(o.max_record_bytes)
+    .with_filters(chain, o.filter_batch_events);
     let name = o.name.clone();
     let tail_m = m.clone();
     let tail_thread = std::thread::Builder::new()
@@ -207,7 +256,11 @@ fn output(
             if end == Ok(TailEnd::Caught) {
                 let _ = proc.idle();
             }
-            end
+            let fatal = proc.fatal.take();
+            if fatal.is_some() {
+                let _ = stop_all.send(true);
+            }
+            (end, fatal)
         })
         .map_err(PipelineError::Thread)?;
 
@@ -332,7 +385,10 @@ fn output(
         // The tail ends once the client stops taking chunks (Stopped) or it caught up.
         stop.store(true, Ordering::Relaxed);
         waker.wake();
-        let _ = tokio::task::spawn_blocking(move || tail_thread.join()).await;
+        let fatal = match tokio::task::spawn_blocking(move || tail_thread.join()).await {
+            Ok(Ok((_, fatal))) => fatal,
+            _ => None,
+        };
         // Final save, unless it would only refresh the same position.
         let final_pos = wm_rx.borrow().clone();
         if let Some(p) = final_pos
@@ -343,7 +399,7 @@ fn output(
         {
             last_cp = Some(cp);
         }
-        let complete = end == Some(ClientEnd::Drained);
+        let complete = end == Some(ClientEnd::Drained) && fatal.is_none();
         Report {
             output: name,
             lines_read: m.lines_read.get(),
@@ -357,6 +413,7 @@ fn output(
             buffered_bytes_max: m.buffered_bytes_max.get().max(0) as u64,
             checkpoint: last_cp,
             complete,
+            fatal,
         }
     })
 }

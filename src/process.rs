@@ -5,6 +5,7 @@
 
 use crate::config::OnInvalid;
 use crate::filter::apply::{self, Outcome};
+use crate::filter::chain::{Chain, Item, record_json};
 use crate::filter::policy::Policy;
 use crate::forward::batch::{Batcher, Chunk};
 use crate::forward::encode::Transcoder;
@@ -28,7 +29,35 @@ pub struct Processor {
     warn_invalid: RateLimit,
     warn_big: RateLimit,
     max_record: usize,
+    filters: Option<Filters>,
+    /// Why the output must stop (a filter with `on_error = "stop"` failed).
+    pub fatal: Option<String>,
 }
+
+/// Events waiting for the WASM filter chain, in file order. Positions
+/// advance only after the batch ran, so a crash never commits an event
+/// that was not forwarded.
+struct Filters {
+    chain: Chain,
+    queue: Vec<Queued>,
+    items: Vec<Item>,
+    bytes: usize,
+    batch: usize,
+}
+
+enum Queued {
+    /// The next entry of `items`.
+    Event {
+        time: EventTime,
+        file: Arc<FileInfo>,
+        end: u64,
+    },
+    /// Dropped by the policy: only the position moves.
+    Skip { file: Arc<FileInfo>, end: u64 },
+}
+
+/// A filter batch also closes at this many bytes of events.
+const FILTER_BATCH_BYTES: usize = 1 << 20;
 
 impl Processor {
     pub fn new(
@@ -50,7 +79,82 @@ impl Processor {
             warn_invalid: RateLimit::default(),
             warn_big: RateLimit::default(),
             max_record: usize::MAX,
+            filters: None,
+            fatal: None,
         }
+    }
+
+    /// Runs `chain` on batches of `batch` events after the policy.
+    pub fn with_filters(mut self, chain: Chain, batch: usize) -> Self {
+        if !chain.is_empty() {
+            self.filters = Some(Filters {
+                chain,
+                queue: Vec::new(),
+                items: Vec::with_capacity(batch),
+                bytes: 0,
+                batch: batch.max(1),
+            });
+        }
+        self
+    }
+
+    /// Runs the queued events through the filter chain and emits them.
+    fn run_filters(&mut self) -> Result<(), Stopped> {
+        let Some(fq) = self.filters.as_mut() else {
+            return Ok(());
+        };
+        if fq.queue.is_empty() {
+            return Ok(());
+        }
+        fq.chain.maybe_reload();
+        if let Err(msg) = fq.chain.run(&mut fq.items) {
+            self.fatal = Some(msg);
+            return Err(Stopped);
+        }
+        let queue = std::mem::take(&mut fq.queue);
+        let items = std::mem::take(&mut fq.items);
+        fq.bytes = 0;
+        let mut items = items.into_iter();
+        for q in queue {
+            match q {
+                Queued::Skip { file, end } => {
+                    self.batcher.advance(&file, end);
+                    self.maybe_flush()?;
+                }
+                Queued::Event { time, file, end } => match items.next() {
+                    Some(it) if !it.dropped => self.emit(time, &it.rec, &file, end)?,
+                    _ => {
+                        self.batcher.advance(&file, end);
+                        self.maybe_flush()?;
+                    }
+                },
+            }
+        }
+        Ok(())
+    }
+
+    /// Batches one record (dropping it if it is over `max_record`).
+    fn emit(
+        &mut self,
+        t: EventTime,
+        record: &[u8],
+        file: &Arc<FileInfo>,
+        end: u64,
+    ) -> Result<(), Stopped> {
+        if record.len() > self.max_record {
+            self.m.dropped("oversize", 1);
+            if let Some(n) = self.warn_big.allow() {
+                warn!(path = %file.path.display(), end_offset = end, bytes = record.len(), limit = self.max_record,
+                    suppressed = n, "dropping an event whose encoded size exceeds max_record_bytes");
+            }
+        } else {
+            if self.batcher.would_overflow(record.len()) {
+                seal(&mut self.batcher, &self.tx, &self.m)?;
+            }
+            self.batcher.push(t, record);
+        }
+        self.batcher.advance(file, end);
+        self.maybe_flush()
     }
 
     /// Events whose encoded record is larger are dropped as oversize.
@@ -84,6 +188,7 @@ fn seal(batcher: &mut Batcher, tx: &mpsc::Sender<Chunk>, m: &OutputMetrics) -> R
 
 impl LineSink for Processor {
     fn start(&mut self, file: &Arc<FileInfo>, offset: u64) -> Result<(), Stopped> {
+        self.run_filters()?;
         self.batcher.advance(file, offset);
         self.flush()
     }
@@ -107,30 +212,63 @@ impl LineSink for Processor {
                     ),
                     None => Outcome::Keep,
                 };
+                if let Some(fq) = self.filters.as_mut() {
+                    match outcome {
+                        Outcome::Drop => {
+                            self.m.dropped("policy", 1);
+                            fq.queue.push(Queued::Skip {
+                                file: file.clone(),
+                                end,
+                            });
+                        }
+                        Outcome::Keep | Outcome::Rewritten => {
+                            let (rec, json) = match outcome {
+                                Outcome::Keep => (
+                                    self.rec.clone(),
+                                    String::from_utf8_lossy(line).into_owned(),
+                                ),
+                                _ => (
+                                    self.rewritten.clone(),
+                                    record_json(&self.rewritten).unwrap_or_default(),
+                                ),
+                            };
+                            fq.bytes += rec.len() + json.len();
+                            fq.items.push(Item::new(rec, json, &fields));
+                            fq.queue.push(Queued::Event {
+                                time: t,
+                                file: file.clone(),
+                                end,
+                            });
+                        }
+                    }
+                    if fq.items.len() >= fq.batch
+                        || fq.queue.len() >= 4 * fq.batch
+                        || fq.bytes >= FILTER_BATCH_BYTES
+                    {
+                        self.run_filters()?;
+                    }
+                    return Ok(());
+                }
                 let record = match outcome {
                     Outcome::Drop => {
                         self.m.dropped("policy", 1);
                         self.batcher.advance(file, end);
                         return self.maybe_flush();
                     }
-                    Outcome::Keep => &self.rec,
-                    Outcome::Rewritten => &self.rewritten,
+                    Outcome::Keep => std::mem::take(&mut self.rec),
+                    Outcome::Rewritten => std::mem::take(&mut self.rewritten),
                 };
-                if record.len() > self.max_record {
-                    self.m.dropped("oversize", 1);
-                    if let Some(n) = self.warn_big.allow() {
-                        warn!(path = %file.path.display(), end_offset = end, bytes = record.len(), limit = self.max_record,
-                            suppressed = n, "dropping an event whose encoded size exceeds max_record_bytes");
-                    }
-                    self.batcher.advance(file, end);
-                    return self.maybe_flush();
+                let r = self.emit(t, &record, file, end);
+                // Give the buffer back for reuse.
+                match outcome {
+                    Outcome::Rewritten => self.rewritten = record,
+                    _ => self.rec = record,
                 }
-                if self.batcher.would_overflow(record.len()) {
-                    seal(&mut self.batcher, &self.tx, &self.m)?;
-                }
-                self.batcher.push(t, record);
+                return r;
             }
             Err(e) => {
+                // Keep file order: what is queued for the filters goes first.
+                self.run_filters()?;
                 let reason = e.reason();
                 self.m.invalid_line(reason);
                 if let Some(n) = self.warn_invalid.allow() {
@@ -174,6 +312,7 @@ impl LineSink for Processor {
         file: &Arc<FileInfo>,
         end: u64,
     ) -> Result<(), Stopped> {
+        self.run_filters()?;
         match why {
             Skip::Oversize => self.m.dropped("oversize", 1),
             Skip::Blank => {}
@@ -183,6 +322,10 @@ impl LineSink for Processor {
     }
 
     fn idle(&mut self) -> Result<(), Stopped> {
+        self.run_filters()?;
+        if let Some(fq) = self.filters.as_mut() {
+            fq.chain.maybe_reload();
+        }
         if self.batcher.is_dirty() {
             self.flush()?;
         }

@@ -13,7 +13,7 @@
 //! or `stop` (the output stops; nothing after the last acknowledged event
 //! is committed, so a restart resumes there). Each is logged and counted.
 
-use super::wasm::{CallError, Event, LoadError, Spec, Verdict, WasmFilter};
+use super::wasm::{Event, LoadError, Spec, Verdict, WasmFilter};
 use crate::forward::encode::{Fields, Transcoder};
 use crate::forward::protocol::reader::{MsgReader, ReadError};
 use crate::logging::RateLimit;
@@ -298,9 +298,10 @@ impl Chain {
         self.tc
             .encode(wrapped.as_bytes(), &mut self.scratch)
             .map_err(|e| e.to_string())?;
-        // fixmap(1), fixstr(1) "v", then the value.
-        match self.scratch.get(..3) {
-            Some([0x81, 0xa1, b'v']) => Ok(self.scratch[3..].to_vec()),
+        // A one-entry map: skip its header and the key; the rest is the value.
+        let mut r = MsgReader::new(&self.scratch);
+        match (r.read_map_len(), r.read_str_bytes()) {
+            (Ok(1), Ok(b"v")) => Ok(self.scratch[r.pos()..].to_vec()),
             _ => Err("unexpected encoding".into()),
         }
     }
@@ -318,8 +319,62 @@ impl Chain {
     }
 }
 
-/// `CallError` is public for `filter test`.
-pub type FilterCallError = CallError;
+/// `filter test`: runs `lines` (JSON events) through the chain as one
+/// batch and describes each outcome as a JSON object: `line` (1-based),
+/// `auditID`, `result` (`keep`, `changed`, `drop`, `invalid`) and `event`
+/// (what would be forwarded).
+pub fn try_lines(
+    chain: &mut Chain,
+    first_line: usize,
+    lines: &[Vec<u8>],
+) -> Result<Vec<serde_json::Value>, String> {
+    let mut tc = Transcoder::default();
+    let mut items = Vec::new();
+    let mut slots = Vec::new();
+    for l in lines {
+        let mut rec = Vec::new();
+        match tc.encode(l, &mut rec) {
+            Ok(f) => {
+                let json = String::from_utf8_lossy(l).into_owned();
+                slots.push(Some((items.len(), rec.clone())));
+                items.push(Item::new(rec, json, &f));
+            }
+            Err(e) => {
+                slots.push(None);
+                tracing::warn!(line = first_line + slots.len() - 1, error = %e, "not a JSON object; skipped");
+            }
+        }
+    }
+    chain.run(&mut items)?;
+    Ok(slots
+        .into_iter()
+        .enumerate()
+        .map(|(k, slot)| {
+            let line = first_line + k;
+            let Some((i, before)) = slot else {
+                return serde_json::json!({ "line": line, "result": "invalid" });
+            };
+            let it = &items[i];
+            let ev: serde_json::Value = record_json(&it.rec)
+                .ok()
+                .and_then(|j| serde_json::from_str(&j).ok())
+                .unwrap_or_default();
+            let result = if it.dropped {
+                "drop"
+            } else if it.rec == before {
+                "keep"
+            } else {
+                "changed"
+            };
+            serde_json::json!({
+                "line": line,
+                "auditID": ev.get("auditID").cloned().unwrap_or_default(),
+                "result": result,
+                "event": if it.dropped { serde_json::Value::Null } else { ev },
+            })
+        })
+        .collect())
+}
 
 #[cfg(test)]
 mod tests {
@@ -336,7 +391,10 @@ mod tests {
         let rec = enc(r#"{"kind":"Event","verb":"get","user":{"username":"a"}}"#);
         let v = |j: &str| {
             let m = enc(&format!("{{\"v\":{j}}}"));
-            m[3..].to_vec()
+            let mut r = MsgReader::new(&m);
+            r.read_map_len().unwrap();
+            r.read_str_bytes().unwrap();
+            m[r.pos()..].to_vec()
         };
         let mut out = Vec::new();
         splice(
