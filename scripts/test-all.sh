@@ -8,6 +8,10 @@ step() { printf '\n== %s\n' "$*"; }
 
 step "toolchain components"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+rustup target add wasm32-wasip2
+
+step "WebAssembly filters: examples and test guests (example-filters/, target wasm32-wasip2)"
+cargo build --release --locked --target wasm32-wasip2 --manifest-path example-filters/Cargo.toml
 
 step "HTTP CONNECT proxies and tools from Debian (tinyproxy, squid, socat, stunnel4)"
 need=()

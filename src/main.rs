@@ -435,7 +435,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 if batch_lines.is_empty() {
                     break;
                 }
-                let results = match audit_forwarder::filter::chain::try_lines(&mut chain, first, &batch_lines) {
+                let results = match audit_forwarder::filter::chain::try_lines(
+                    &mut chain,
+                    first,
+                    &batch_lines,
+                ) {
                     Ok(r) => r,
                     Err(e) => {
                         eprintln!("filter failed: {e}");
@@ -444,7 +448,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 };
                 for r in results {
                     match std::io::Write::write_all(&mut out, format!("{r}\n").as_bytes()) {
-                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
+                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                            return Ok(ExitCode::SUCCESS);
+                        }
                         r => r?,
                     }
                 }

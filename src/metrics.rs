@@ -149,7 +149,10 @@ impl OutputMetrics {
         extra: Option<(&'static str, &str)>,
     ) -> Option<Counter> {
         let f = self.families.as_ref()?;
-        let mut l = vec![("output", self.name.clone()), ("filter", filter.to_string())];
+        let mut l = vec![
+            ("output", self.name.clone()),
+            ("filter", filter.to_string()),
+        ];
         if let Some((k, v)) = extra {
             l.push((k, v.to_string()));
         }
@@ -161,12 +164,14 @@ impl OutputMetrics {
         }
     }
     pub fn filter_error(&self, filter: &str, reason: &str) {
-        if let Some(c) = self.filter_series(|f| &f.filter_errors, filter, Some(("reason", reason))) {
+        if let Some(c) = self.filter_series(|f| &f.filter_errors, filter, Some(("reason", reason)))
+        {
             c.inc();
         }
     }
     pub fn filter_reload(&self, filter: &str, result: &str) {
-        if let Some(c) = self.filter_series(|f| &f.filter_reloads, filter, Some(("result", result))) {
+        if let Some(c) = self.filter_series(|f| &f.filter_reloads, filter, Some(("result", result)))
+        {
             c.inc();
         }
     }

@@ -223,10 +223,9 @@ impl LineSink for Processor {
                         }
                         Outcome::Keep | Outcome::Rewritten => {
                             let (rec, json) = match outcome {
-                                Outcome::Keep => (
-                                    self.rec.clone(),
-                                    String::from_utf8_lossy(line).into_owned(),
-                                ),
+                                Outcome::Keep => {
+                                    (self.rec.clone(), String::from_utf8_lossy(line).into_owned())
+                                }
                                 _ => (
                                     self.rewritten.clone(),
                                     record_json(&self.rewritten).unwrap_or_default(),

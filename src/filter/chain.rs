@@ -94,7 +94,11 @@ pub fn record_json(rec: &[u8]) -> Result<String, String> {
 /// Sets top-level `fields` (key, encoded value) of the msgpack map `rec`:
 /// existing keys get the new value in place, new keys are appended; the
 /// other entries are copied byte for byte. Later duplicates win.
-pub fn splice(rec: &[u8], fields: &[(String, Vec<u8>)], out: &mut Vec<u8>) -> Result<(), ReadError> {
+pub fn splice(
+    rec: &[u8],
+    fields: &[(String, Vec<u8>)],
+    out: &mut Vec<u8>,
+) -> Result<(), ReadError> {
     let mut r = MsgReader::new(rec);
     let n = r.read_map_len()? as usize;
     let mut entries = Vec::with_capacity(n);
@@ -215,7 +219,13 @@ impl Chain {
     }
 
     /// Whole batch failed: keep (restore what the filter saw) or drop.
-    fn after_error(&mut self, on_error: OnError, items: &mut [Item], live: &[usize], batch: Vec<Event>) {
+    fn after_error(
+        &mut self,
+        on_error: OnError,
+        items: &mut [Item],
+        live: &[usize],
+        batch: Vec<Event>,
+    ) {
         for (&i, ev) in live.iter().zip(batch) {
             match on_error {
                 OnError::Drop => {
@@ -228,10 +238,22 @@ impl Chain {
     }
 
     /// Logs and counts a failure; `Err` when the output must stop.
-    fn failed(&mut self, name: &str, on_error: OnError, msg: &str, reason: &str, events: usize) -> Result<(), String> {
+    fn failed(
+        &mut self,
+        name: &str,
+        on_error: OnError,
+        msg: &str,
+        reason: &str,
+        events: usize,
+    ) -> Result<(), String> {
         self.m.filter_error(name, reason);
         if on_error == OnError::Stop {
-            error!(filter = name, reason, events, "filter failed with on_error = \"stop\": stopping the output: {msg}");
+            error!(
+                filter = name,
+                reason,
+                events,
+                "filter failed with on_error = \"stop\": stopping the output: {msg}"
+            );
             return Err(format!("filter {name}: {msg}"));
         }
         if let Some(n) = self.warn.allow() {
@@ -240,29 +262,55 @@ impl Chain {
         Ok(())
     }
 
-    fn apply(&mut self, name: &str, on_error: OnError, it: &mut Item, v: Verdict, ev: Event) -> Result<(), String> {
+    fn apply(
+        &mut self,
+        name: &str,
+        on_error: OnError,
+        it: &mut Item,
+        v: Verdict,
+        ev: Event,
+    ) -> Result<(), String> {
         match v {
             Verdict::Keep => it.event = Some(ev),
             Verdict::Drop => {
                 it.dropped = true;
                 self.m.dropped("filter", 1);
             }
-            Verdict::Replace(json) => match self.tc.encode(json.as_bytes(), &mut self.scratch) {
-                Ok(f) => {
-                    let mut ev = event(String::new(), &f);
-                    ev.json = json;
-                    std::mem::swap(&mut it.rec, &mut self.scratch);
-                    it.event = Some(ev);
+            Verdict::Replace(json) => {
+                self.scratch.clear();
+                let parsed = self
+                    .tc
+                    .encode(json.as_bytes(), &mut self.scratch)
+                    .map(|f| event(String::new(), &f))
+                    .map_err(|e| e.to_string());
+                match parsed {
+                    Ok(mut new) => {
+                        new.json = json;
+                        std::mem::swap(&mut it.rec, &mut self.scratch);
+                        it.event = Some(new);
+                    }
+                    Err(e) => self.bad_verdict(
+                        name,
+                        on_error,
+                        it,
+                        ev,
+                        &format!("replace: not a JSON object: {e}"),
+                    )?,
                 }
-                Err(e) => self.bad_verdict(name, on_error, it, ev, &format!("replace: not a JSON object: {e}"))?,
-            },
+            }
             Verdict::SetFields(fields) => {
                 let mut enc = Vec::with_capacity(fields.len());
                 for f in &fields {
                     match self.value(&f.value) {
                         Ok(v) => enc.push((f.key.clone(), v)),
                         Err(e) => {
-                            return self.bad_verdict(name, on_error, it, ev, &format!("set-fields: {}: invalid JSON value: {e}", f.key));
+                            return self.bad_verdict(
+                                name,
+                                on_error,
+                                it,
+                                ev,
+                                &format!("set-fields: {}: invalid JSON value: {e}", f.key),
+                            );
                         }
                     }
                 }
@@ -273,14 +321,23 @@ impl Chain {
                         // Derived again if another filter follows.
                         it.event = None;
                     }
-                    Err(e) => self.bad_verdict(name, on_error, it, ev, &format!("set-fields: {e}"))?,
+                    Err(e) => {
+                        self.bad_verdict(name, on_error, it, ev, &format!("set-fields: {e}"))?
+                    }
                 }
             }
         }
         Ok(())
     }
 
-    fn bad_verdict(&mut self, name: &str, on_error: OnError, it: &mut Item, ev: Event, msg: &str) -> Result<(), String> {
+    fn bad_verdict(
+        &mut self,
+        name: &str,
+        on_error: OnError,
+        it: &mut Item,
+        ev: Event,
+        msg: &str,
+    ) -> Result<(), String> {
         self.failed(name, on_error, msg, "invalid_verdict", 1)?;
         match on_error {
             OnError::Drop => {
@@ -295,6 +352,7 @@ impl Chain {
     /// A JSON value → msgpack, through the transcoder (`{"v": value}`).
     fn value(&mut self, json: &str) -> Result<Vec<u8>, String> {
         let wrapped = format!("{{\"v\":{json}}}");
+        self.scratch.clear();
         self.tc
             .encode(wrapped.as_bytes(), &mut self.scratch)
             .map_err(|e| e.to_string())?;
@@ -382,8 +440,24 @@ mod tests {
 
     fn enc(json: &str) -> Vec<u8> {
         let mut out = Vec::new();
-        Transcoder::default().encode(json.as_bytes(), &mut out).unwrap();
+        Transcoder::default()
+            .encode(json.as_bytes(), &mut out)
+            .unwrap();
         out
+    }
+
+    /// Regression: the scratch buffer was not cleared between values, so a
+    /// second value decoded as the first (and `replace` records were
+    /// corrupt).
+    #[test]
+    fn consecutive_values_are_encoded_independently() {
+        let mut c = Chain::load(vec![], OutputMetrics::default()).unwrap();
+        let a = c.value("\"shoot--a\"").unwrap();
+        let b = c.value("{\"x\":1}").unwrap();
+        let mut out = Vec::new();
+        splice(&enc("{}"), &[("a".into(), a), ("b".into(), b)], &mut out).unwrap();
+        assert_eq!(record_json(&out).unwrap(), r#"{"a":"shoot--a","b":{"x":1}}"#);
+        assert!(c.value("{nope").is_err());
     }
 
     #[test]

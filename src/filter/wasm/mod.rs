@@ -35,8 +35,8 @@ mod bindings {
     });
 }
 
-pub use bindings::audit_forwarder::filter::types::{Event, Field, Verdict};
 use bindings::audit_forwarder::filter::types::LogLevel;
+pub use bindings::audit_forwarder::filter::types::{Event, Field, Verdict};
 
 /// The WIT package this host implements (guests of any 0.1.x load).
 pub const WIT_PACKAGE: &str = "audit-forwarder:filter@0.1.0";
@@ -55,7 +55,9 @@ pub enum LoadError {
     },
     #[error("filter {path}: not a valid WebAssembly component: {msg}")]
     Compile { path: PathBuf, msg: String },
-    #[error("filter {path}: built against {found}; this audit-forwarder implements {WIT_PACKAGE} (rebuild the filter against filters-wit/)")]
+    #[error(
+        "filter {path}: built against {found}; this audit-forwarder implements {WIT_PACKAGE} (rebuild the filter against filters-wit/)"
+    )]
     Version { path: PathBuf, found: String },
     #[error("filter {path}: cannot instantiate: {msg}")]
     Instantiate { path: PathBuf, msg: String },

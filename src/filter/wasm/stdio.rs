@@ -42,7 +42,12 @@ impl Lines {
         let line = String::from_utf8_lossy(&self.buf).into_owned();
         self.buf.clear();
         if let Some(n) = self.limit.allow() {
-            tracing::info!(filter = &*self.filter, stream = self.stream, suppressed = n, "{line}");
+            tracing::info!(
+                filter = &*self.filter,
+                stream = self.stream,
+                suppressed = n,
+                "{line}"
+            );
         }
     }
 }

@@ -12,8 +12,8 @@
 wit_bindgen::generate!({ path: "../../../filters-wit", world: "audit-filter" });
 
 use audit_forwarder::filter::host::log;
-use audit_forwarder::filter::types::LogLevel;
 use audit_forwarder::filter::types::Field;
+use audit_forwarder::filter::types::LogLevel;
 use exports::audit_forwarder::filter::filter::{Event, Guest, Verdict};
 use std::cell::RefCell;
 

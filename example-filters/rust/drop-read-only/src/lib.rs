@@ -70,7 +70,10 @@ impl Guest for DropReadOnly {
                 .iter()
                 .map(|e| {
                     let read = r.verbs.iter().any(|v| *v == e.verb);
-                    let system = r.prefixes.iter().any(|p| e.username.starts_with(p.as_str()));
+                    let system = r
+                        .prefixes
+                        .iter()
+                        .any(|p| e.username.starts_with(p.as_str()));
                     if read && system {
                         Verdict::Drop
                     } else {

@@ -86,7 +86,10 @@ impl Guest for Redact {
                 r.resources = v;
             }
             if let Some(p) = paths {
-                r.paths = p.iter().map(|p| p.split('.').map(str::to_string).collect()).collect();
+                r.paths = p
+                    .iter()
+                    .map(|p| p.split('.').map(str::to_string).collect())
+                    .collect();
             }
         });
         Ok(())

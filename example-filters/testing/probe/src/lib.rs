@@ -43,7 +43,10 @@ impl Guest for Probe {
             "alloc" => {
                 let v = vec![1u8; 1 << 30];
                 let n = std::hint::black_box(&v).len();
-                events.iter().map(|_| if n > 0 { Verdict::Keep } else { Verdict::Drop }).collect()
+                events
+                    .iter()
+                    .map(|_| if n > 0 { Verdict::Keep } else { Verdict::Drop })
+                    .collect()
             }
             "panic" => panic!("the probe panics on purpose"),
             "panic-on-user" => {
@@ -53,7 +56,10 @@ impl Guest for Probe {
                 events.iter().map(|_| Verdict::Keep).collect()
             }
             "wrong-count" => events.iter().skip(1).map(|_| Verdict::Keep).collect(),
-            "bad-json" => events.iter().map(|_| Verdict::Replace("{not json".into())).collect(),
+            "bad-json" => events
+                .iter()
+                .map(|_| Verdict::Replace("{not json".into()))
+                .collect(),
             "print" => {
                 println!("hello from the probe on stdout ({} events)", events.len());
                 eprintln!("hello from the probe on stderr");

@@ -1,0 +1,457 @@
+//! WebAssembly filters through the real host: the example filters (built
+//! from example-filters/ by scripts/test-all.sh), abuse guests, hot reload,
+//! and the compile cache.
+
+mod common;
+
+use audit_forwarder::synth::Mix;
+use common::*;
+use serde_json::Value;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// A built guest (`example-filters/target/wasm32-wasip2/release/<name>.wasm`).
+fn guest(name: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("example-filters/target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    assert!(
+        p.is_file(),
+        "{} is missing: build the guests with `cargo build --release --locked --target wasm32-wasip2 --manifest-path example-filters/Cargo.toml` (scripts/test-all.sh does)",
+        p.display()
+    );
+    p
+}
+
+/// `filter test` over `input`; returns the result lines.
+fn filter_test(wasm: &[PathBuf], config: &[&str], input: &str) -> (i32, Vec<Value>, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--log-level", "info", "filter", "test"]);
+    for w in wasm {
+        cmd.arg("--wasm").arg(w);
+    }
+    for c in config {
+        cmd.args(["--config", c]);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_string();
+    let w = std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = stdin.write_all(input.as_bytes());
+    });
+    let o = child.wait_with_output().unwrap();
+    w.join().unwrap();
+    let lines = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(json_value)
+        .collect();
+    (
+        o.status.code().unwrap_or(-1),
+        lines,
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn events(seed: u64, n: usize) -> Vec<String> {
+    let mut g = audit_forwarder::synth::Generator::new(seed, Mix::Realistic);
+    (0..n).map(|_| g.event()).collect()
+}
+
+fn is_system_read(e: &Value) -> bool {
+    ["get", "list", "watch"].contains(&e["verb"].as_str().unwrap_or(""))
+        && e["user"]["username"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("system:")
+}
+
+#[test]
+fn example_filters_through_the_host() {
+    let evs = events(81, 400);
+    let mut input = evs.join("\n");
+    // A Secret with data in request and response, and a Secret list.
+    let secret = r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"RequestResponse","auditID":"secret-1","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/a/secrets","verb":"create","user":{"username":"alice"},"objectRef":{"resource":"secrets","namespace":"a","name":"s","apiVersion":"v1"},"requestObject":{"kind":"Secret","data":{"k":"c2VjcmV0"},"stringData":{"p":"x"}},"responseObject":{"kind":"Secret","data":{"k":"c2VjcmV0"}},"stageTimestamp":"2026-11-23T10:00:00.000000Z"}"#;
+    let list = r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"RequestResponse","auditID":"secret-2","stage":"ResponseComplete","requestURI":"/api/v1/secrets","verb":"list","user":{"username":"bob"},"objectRef":{"resource":"secrets","apiVersion":"v1"},"responseObject":{"kind":"SecretList","items":[{"metadata":{"name":"a"},"data":{"k":"eA=="}},{"metadata":{"name":"b"},"data":{"k":"eQ=="}}]},"stageTimestamp":"2026-11-23T10:00:00.000000Z"}"#;
+    input.push('\n');
+    input.push_str(secret);
+    input.push('\n');
+    input.push_str(list);
+    input.push('\n');
+    let originals: Vec<Value> = input.lines().map(json_value).collect();
+
+    // add-cluster-id: every event gets the fields, nothing else changes.
+    let (rc, out, err) = filter_test(
+        &[guest("add_cluster_id")],
+        &["cluster=shoot--prod--a", "extra={ landscape = \"eu1\" }"],
+        &input,
+    );
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!(out.len(), originals.len());
+    for (o, r) in originals.iter().zip(&out) {
+        assert_eq!(r["result"], "changed");
+        let mut e = r["event"].clone();
+        assert_eq!(e["clusterID"], "shoot--prod--a");
+        assert_eq!(e["landscape"], "eu1");
+        let m = e.as_object_mut().unwrap();
+        m.remove("clusterID");
+        m.remove("landscape");
+        assert_eq!(&e, o, "only the added fields may differ");
+    }
+
+    // drop-read-only: exactly the read-only requests of system users go.
+    let (rc, out, err) = filter_test(&[guest("drop_read_only")], &[], &input);
+    assert_eq!(rc, 0, "{err}");
+    let mut dropped = 0;
+    for (o, r) in originals.iter().zip(&out) {
+        if is_system_read(o) {
+            assert_eq!(r["result"], "drop", "{o}");
+            dropped += 1;
+        } else {
+            assert_eq!(r["result"], "keep", "{o}");
+            assert_eq!(&r["event"], o);
+        }
+    }
+    assert!(dropped > 0 && dropped < originals.len(), "{dropped}");
+
+    // redact: Secret data is gone, everything else is untouched.
+    let (rc, out, err) = filter_test(&[guest("redact")], &[], &input);
+    assert_eq!(rc, 0, "{err}");
+    for (o, r) in originals.iter().zip(&out) {
+        let e = &r["event"];
+        if o["objectRef"]["resource"] == "secrets" {
+            let text = e.to_string();
+            assert!(
+                !text.contains("\"data\"") && !text.contains("stringData"),
+                "{text}"
+            );
+            assert_eq!(e["auditID"], o["auditID"]);
+        } else {
+            assert_eq!(r["result"], "keep");
+            assert_eq!(e, o);
+        }
+    }
+    let s2 = out.iter().find(|r| r["auditID"] == "secret-2").unwrap();
+    assert_eq!(
+        s2["event"]["responseObject"]["items"][1]["metadata"]["name"],
+        "b"
+    );
+
+    // A chain: drop, then redact, then add the cluster ID.
+    let (rc, out, err) = filter_test(
+        &[
+            guest("drop_read_only"),
+            guest("redact"),
+            guest("add_cluster_id"),
+        ],
+        &[],
+        &input,
+    );
+    // add-cluster-id requires `cluster`: configure() fails, clearly.
+    assert_ne!(rc, 0);
+    assert!(
+        err.contains("configure() rejected the config") && err.contains("cluster"),
+        "{err}"
+    );
+    assert!(out.is_empty());
+}
+
+/// The forwarder with policy + a filter chain, end to end.
+#[test]
+fn forwarder_with_policy_and_filter_chain() {
+    let d = tempfile::tempdir().unwrap();
+    let log = d.path().join("audit.log");
+    let out = d.path().join("out.jsonl");
+    let mut api = ApiServerLog::new(&log, 82, Mix::Realistic);
+    api.write(1500);
+    let (_rx, port) = receiver(&out, &[]);
+    let mut a = forward_args(&log, &d.path().join("state"), port);
+    a.extend([
+        "--oneshot".into(),
+        "--set".into(),
+        "output.policy=\"recommended\"".into(),
+        "--set".into(),
+        format!(
+            "output.filters=[{{ wasm = {:?} }}, {{ wasm = {:?}, config = {{ cluster = \"shoot--a\" }} }}]",
+            guest("drop_read_only"),
+            guest("add_cluster_id")
+        ),
+    ]);
+    let mut f = spawn_forward(&a);
+    assert_eq!(f.wait_exit(), 0, "{}", f.all_logs());
+    let got = json_values(&read_lines(&out));
+    // What `policy eval` says the recommended policy keeps, minus system reads.
+    let written: Vec<Value> = api.written.iter().map(|l| json_value(l)).collect();
+    let ids: HashSet<String> = got.iter().map(|e| e["auditID"].to_string()).collect();
+    for e in &got {
+        assert_eq!(e["clusterID"], "shoot--a");
+        assert!(!is_system_read(e), "{e}");
+    }
+    let expect_dropped = written.iter().filter(|e| is_system_read(e)).count();
+    assert!(expect_dropped > 0);
+    assert!(!got.is_empty() && ids.len() == got.len());
+    println!(
+        "written {}, system reads {expect_dropped}, received {}",
+        written.len(),
+        got.len()
+    );
+}
+
+/// Runs `probe` in `mode` with `on_error` over 150 events (oneshot).
+fn abuse(
+    mode: &str,
+    on_error: &str,
+    extra: &str,
+) -> (i32, Vec<String>, ApiServerLog, Proc, PathBuf) {
+    let d = tempfile::tempdir().unwrap().keep();
+    let log = d.join("audit.log");
+    let out = d.join("out.jsonl");
+    let mut api = ApiServerLog::new(&log, 83, Mix::Metadata);
+    api.write(150);
+    let (rx, port) = receiver(&out, &[]);
+    let mut a = forward_args(&log, &d.join("state"), port);
+    a.extend([
+        "--oneshot".into(),
+        "--set".into(),
+        format!(
+            "output.filters=[{{ wasm = {:?}, config = {{ mode = {mode:?} }}, on_error = {on_error:?}{extra} }}]",
+            guest("probe")
+        ),
+    ]);
+    let mut f = spawn_forward(&a);
+    let rc = f.wait_exit();
+    drop(rx);
+    (rc, read_lines(&out), api, f, d)
+}
+
+#[test]
+fn abusive_guests_are_contained_and_on_error_keep_loses_nothing() {
+    for (mode, reason, needle) in [
+        ("loop", "timeout", "did not return within"),
+        ("alloc", "memory", "memory limit"),
+        ("panic", "trap", "trapped"),
+        ("wrong-count", "verdict_count", "verdicts for"),
+        ("bad-json", "invalid_verdict", "not a JSON object"),
+    ] {
+        let (rc, lines, api, f, _d) = abuse(mode, "keep", ", max_memory_bytes = 33554432");
+        let logs = f.all_logs();
+        assert_eq!(rc, 0, "{mode}: {logs}");
+        assert!(
+            logs.contains("filter failed") && logs.contains(needle) && logs.contains(reason),
+            "{mode}: {logs}"
+        );
+        // Every event arrives, unchanged.
+        assert_eq!(lines.len(), api.written.len(), "{mode}");
+        for (w, l) in api.written.iter().zip(&lines) {
+            assert_eq!(json_value(w), json_value(l), "{mode}");
+        }
+        println!(
+            "{mode}: contained ({reason}), {} of {} events forwarded unchanged",
+            lines.len(),
+            api.written.len()
+        );
+    }
+}
+
+#[test]
+fn on_error_drop_and_stop() {
+    // drop: nothing forwarded, everything counted, the run completes.
+    let (rc, lines, _api, f, _d) = abuse("panic", "drop", "");
+    assert_eq!(rc, 0, "{}", f.all_logs());
+    assert!(lines.is_empty());
+    // stop: the forwarder exits non-zero and commits nothing; a fixed
+    // filter then forwards every event.
+    let (rc, lines, api, f, d) = abuse("wrong-count", "stop", "");
+    let logs = f.all_logs();
+    assert_ne!(rc, 0, "{logs}");
+    assert!(logs.contains("stopping the output"), "{logs}");
+    assert!(lines.is_empty());
+    let out = d.join("out2.jsonl");
+    let (_rx, port) = receiver(&out, &[]);
+    let mut a = forward_args(&api.path, &d.join("state"), port);
+    a.extend([
+        "--oneshot".into(),
+        "--set".into(),
+        format!(
+            "output.filters=[{{ wasm = {:?}, on_error = \"stop\" }}]",
+            guest("probe")
+        ),
+    ]);
+    let mut f = spawn_forward(&a);
+    assert_eq!(f.wait_exit(), 0, "{}", f.all_logs());
+    let got = read_lines(&out);
+    assert_eq!(got.len(), api.written.len());
+    assert!(got.iter().all(|l| json_value(l)["probe"] == "tag"));
+}
+
+#[test]
+fn trap_then_fresh_instance_and_guest_stdout_in_the_log() {
+    let d = tempfile::tempdir().unwrap();
+    let log = d.path().join("audit.log");
+    let out = d.path().join("out.jsonl");
+    // One event of user panic-me among ordinary ones.
+    let mut lines: Vec<String> = events(84, 200);
+    let mut odd: Value = json_value(&lines[10]);
+    odd["user"]["username"] = "panic-me".into();
+    lines[10] = odd.to_string();
+    std::fs::write(&log, lines.join("\n") + "\n").unwrap();
+    let (_rx, port) = receiver(&out, &[]);
+    for (mode, expect) in [
+        ("panic-on-user", "trapped"),
+        ("print", "hello from the probe on stdout"),
+    ] {
+        let mut a = forward_args(&log, &d.path().join(format!("state-{mode}")), port);
+        a.extend([
+            "--oneshot".into(),
+            "--set".into(),
+            "http_listen=\"127.0.0.1:0\"".into(),
+            "--set".into(),
+            "output.filter_batch_events=16".into(),
+            "--set".into(),
+            format!(
+                "output.filters=[{{ wasm = {:?}, config = {{ mode = {mode:?} }} }}]",
+                guest("probe")
+            ),
+        ]);
+        let mut f = spawn_forward(&a);
+        f.wait_log(expect);
+        assert_eq!(f.wait_exit(), 0, "{}", f.all_logs());
+        if mode == "panic-on-user" {
+            // One batch trapped; the following batches ran on a fresh instance.
+            let traps = f.all_logs().matches("trapped").count();
+            assert_eq!(traps, 1, "{}", f.all_logs());
+        } else {
+            assert!(f.all_logs().contains("hello from the probe on stderr"));
+        }
+    }
+    assert_eq!(read_lines(&out).len(), 400);
+}
+
+#[test]
+fn incompatible_guests_are_rejected_clearly() {
+    for (wasm, config, needle) in [
+        ("extra_import", "", "test:extra-import/net"),
+        ("wit_v1", "", "audit-forwarder:filter@1.0.0"),
+        (
+            "probe",
+            "mode = \"configure-error\"",
+            "refuses its configuration",
+        ),
+    ] {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("audit.log");
+        std::fs::write(&log, "").unwrap();
+        let mut a = forward_args(&log, &d.path().join("state"), free_port());
+        a.extend([
+            "--oneshot".into(),
+            "--set".into(),
+            format!(
+                "output.filters=[{{ wasm = {:?}, config = {{ {config} }} }}]",
+                guest(wasm)
+            ),
+        ]);
+        let mut f = spawn_forward(&a);
+        let rc = f.wait_exit();
+        let logs = f.all_logs();
+        assert_ne!(rc, 0, "{wasm}: {logs}");
+        assert!(logs.contains(needle), "{wasm}: {logs}");
+        println!(
+            "{wasm}: {}",
+            logs.lines().find(|l| l.contains(needle)).unwrap_or("")
+        );
+    }
+    // Not a component at all.
+    let d = tempfile::tempdir().unwrap();
+    let bad = d.path().join("bad.wasm");
+    std::fs::write(&bad, b"\0asm garbage").unwrap();
+    let (rc, _, err) = filter_test(&[bad], &[], "{}\n");
+    assert_ne!(rc, 0);
+    assert!(err.contains("not a valid WebAssembly component"), "{err}");
+}
+
+#[test]
+fn hot_reload_while_events_flow() {
+    let d = tempfile::tempdir().unwrap();
+    let log = d.path().join("audit.log");
+    let out = d.path().join("out.jsonl");
+    let wasm = d.path().join("filter.wasm");
+    let replace = |from: &Path| {
+        let tmp = d.path().join("filter.wasm.new");
+        std::fs::copy(from, &tmp).unwrap();
+        std::fs::rename(&tmp, &wasm).unwrap();
+    };
+    replace(&guest("add_cluster_id"));
+    let mut api = ApiServerLog::new(&log, 85, Mix::Metadata);
+    let (_rx, port) = receiver(&out, &[]);
+    let mut a = forward_args(&log, &d.path().join("state"), port);
+    a.extend([
+        "--set".into(),
+        format!(
+            "output.filters=[{{ wasm = {:?}, config = {{ cluster = \"c1\" }} }}]",
+            wasm
+        ),
+    ]);
+    let f = spawn_forward(&a);
+    api.write(100);
+    wait_lines(&out, 100);
+    // A new version: the probe (it ignores `cluster`).
+    replace(&guest("probe"));
+    f.wait_log("filter reloaded");
+    api.write(100);
+    wait_lines(&out, 200);
+    // A broken version is rejected; the probe keeps running.
+    let tmp = d.path().join("filter.wasm.new");
+    std::fs::write(&tmp, b"not wasm").unwrap();
+    std::fs::rename(&tmp, &wasm).unwrap();
+    f.wait_log("new filter version rejected");
+    api.write(100);
+    let lines = json_values(&wait_lines(&out, 300));
+    assert_eq!(lines.len(), 300);
+    for (i, e) in lines.iter().enumerate() {
+        let want = &json_value(&api.written[i]);
+        assert_eq!(e["auditID"], want["auditID"], "order and completeness");
+        if i < 100 {
+            assert_eq!(e["clusterID"], "c1", "{i}");
+            assert!(e.get("probe").is_none());
+        } else {
+            assert_eq!(e["probe"], "tag", "{i}");
+            assert!(e.get("clusterID").is_none());
+        }
+    }
+}
+
+#[test]
+fn compiled_components_are_cached() {
+    let d = tempfile::tempdir().unwrap();
+    let log = d.path().join("audit.log");
+    std::fs::write(&log, "").unwrap();
+    let out = d.path().join("out.jsonl");
+    let (_rx, port) = receiver(&out, &[]);
+    let mut cached = Vec::new();
+    for _ in 0..2 {
+        let mut a = forward_args(&log, &d.path().join("state"), port);
+        a.extend([
+            "--oneshot".into(),
+            "--set".into(),
+            format!(
+                "output.filters=[{{ wasm = {:?}, config = {{ cluster = \"c\" }} }}]",
+                guest("add_cluster_id")
+            ),
+        ]);
+        let mut f = spawn_forward(&a);
+        let l = json_value(&f.wait_log("filter component loaded"));
+        cached.push(l["fields"]["cached"].clone());
+        assert_eq!(f.wait_exit(), 0);
+    }
+    assert_eq!(cached, vec![Value::from(false), Value::from(true)]);
+    let files: Vec<_> = std::fs::read_dir(d.path().join("state/wasm-cache"))
+        .unwrap()
+        .collect();
+    assert_eq!(files.len(), 1);
+}
