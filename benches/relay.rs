@@ -35,6 +35,10 @@ fn wait_usage(c: &mut Child) -> Usage {
 }
 
 fn receiver(output: &str) -> (Child, u16) {
+    receiver_with(output, &[])
+}
+
+fn receiver_with(output: &str, extra: &[&str]) -> (Child, u16) {
     let mut c = Command::new(BIN)
         .args([
             "--log-format",
@@ -45,6 +49,7 @@ fn receiver(output: &str) -> (Child, u16) {
             "--output",
             output,
         ])
+        .args(extra)
         .stdout(if output == "stdout" {
             Stdio::piped()
         } else {
@@ -98,11 +103,30 @@ fn forward(log: &Path, state: &Path, port: u16, extra: &[&str], oneshot: bool) -
         .expect("forwarder")
 }
 
-fn throughput(name: &str, log: &Path, events: usize, bytes: u64, extra: &[&str]) {
-    let d = tempfile::tempdir().unwrap();
-    let (mut rx, port) = receiver("null");
+/// A run over `log` with a fresh checkpoint; `state` keeps the WASM
+/// compile cache between runs (warmed by [`warm`]), so no run pays for
+/// compiling a filter.
+fn throughput(name: &str, log: &Path, events: usize, bytes: u64, extra: &[&str], state: &Path) {
+    throughput_with(name, log, events, bytes, extra, state, &[])
+}
+
+fn throughput_with(
+    name: &str,
+    log: &Path,
+    events: usize,
+    bytes: u64,
+    extra: &[&str],
+    state: &Path,
+    rx_extra: &[&str],
+) {
+    for e in std::fs::read_dir(state).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with("checkpoint-") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let (mut rx, port) = receiver_with("null", rx_extra);
     let t0 = Instant::now();
-    let mut f = forward(log, d.path(), port, extra, true);
+    let mut f = forward(log, state, port, extra, true);
     let fu = wait_usage(&mut f);
     let wall = t0.elapsed();
     let _ = Command::new("kill").arg(rx.id().to_string()).status();
@@ -117,6 +141,95 @@ fn throughput(name: &str, log: &Path, events: usize, bytes: u64, extra: &[&str])
         fu.max_rss_kb as f64 / 1024.0,
         ru.max_rss_kb as f64 / 1024.0,
     );
+}
+
+/// A CA and a server certificate for 127.0.0.1 (openssl): (ca, crt, key).
+fn tls_files(dir: &Path) -> Option<(String, String, String)> {
+    let p = |f: &str| dir.join(f).display().to_string();
+    let run = |args: &[&str]| {
+        Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    std::fs::write(dir.join("leaf.ext"), "subjectAltName=IP:127.0.0.1\n").ok()?;
+    let ok = run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=bench-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]) && run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "tls.key",
+        "-out",
+        "tls.csr",
+    ]) && run(&[
+        "x509",
+        "-req",
+        "-in",
+        "tls.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+        "-out",
+        "tls.crt",
+    ]);
+    ok.then(|| (p("ca.crt"), p("tls.crt"), p("tls.key")))
+}
+
+/// tinyproxy on a free loopback port, if installed.
+fn tinyproxy(dir: &Path) -> Option<(Child, u16)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let conf = dir.join("tinyproxy.conf");
+    std::fs::write(
+        &conf,
+        format!("Port {port}\nListen 127.0.0.1\nAllow 127.0.0.1\nMaxClients 16\nLogLevel Error\n"),
+    )
+    .ok()?;
+    let c = Command::new("tinyproxy")
+        .arg("-d")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    // Bounded wait until it accepts.
+    for _ in 0..500 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some((c, port));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
 }
 
 fn latency(rate: usize, secs: usize) {
@@ -233,22 +346,95 @@ fn main() {
     println!(
         "|------------------------------|-----------|---------|--------|--------|--------|--------|"
     );
+    let state = d.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let st = state.as_path();
+    let guests =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("example-filters/target/wasm32-wasip2/release");
+    let filter = |name: &str, config: &str| {
+        format!(
+            "output.filters=[{{ wasm = {:?}, config = {{ {config} }} }}]",
+            guests.join(format!("{name}.wasm"))
+        )
+    };
+    let wasm: Vec<(&str, String)> = [
+        ("add_cluster_id", "cluster = \"shoot--prod--a\""),
+        ("drop_read_only", ""),
+        ("redact", ""),
+    ]
+    .iter()
+    .filter(|(n, _)| guests.join(format!("{n}.wasm")).is_file())
+    .map(|(n, c)| (*n, filter(n, c)))
+    .collect();
+    // Compile the filters into the cache once, outside the measurements.
+    let empty = d.path().join("empty.log");
+    std::fs::write(&empty, "").unwrap();
+    for (_, f) in &wasm {
+        let (mut rx, port) = receiver("null");
+        let mut c = forward(&empty, st, port, &["--set", f], true);
+        wait_usage(&mut c);
+        let _ = Command::new("kill").arg(rx.id().to_string()).status();
+        wait_usage(&mut rx);
+    }
+    if wasm.is_empty() {
+        println!("(WASM variants skipped: build example-filters/ first)");
+    }
+    let tls = tls_files(d.path());
     for (name, log, bytes) in &logs {
-        throughput(&format!("{name} plain"), log, events, *bytes, &[]);
+        throughput(&format!("{name} plain"), log, events, *bytes, &[], st);
         throughput(
             &format!("{name} + recommended policy"),
             log,
             events,
             *bytes,
             &["--set", "output.policy=\"recommended\""],
+            st,
         );
+        for (w, f) in &wasm {
+            throughput(
+                &format!("{name} + policy + {w}"),
+                log,
+                events,
+                *bytes,
+                &["--set", "output.policy=\"recommended\"", "--set", f],
+                st,
+            );
+        }
         throughput(
             &format!("{name} gzip"),
             log,
             events,
             *bytes,
             &["--set", "output.gzip=true"],
+            st,
         );
+        if let Some((ca, crt, key)) = &tls {
+            let ca = format!("output.tls_ca_file={ca:?}");
+            let c = format!("receive.tls_cert_file={crt:?}");
+            let k = format!("receive.tls_key_file={key:?}");
+            throughput_with(
+                &format!("{name} TLS"),
+                log,
+                events,
+                *bytes,
+                &["--set", "output.tls=true", "--set", &ca],
+                st,
+                &["--set", &c, "--set", &k],
+            );
+        }
+        if let Some(mut p) = tinyproxy(d.path()) {
+            let url = format!("output.proxy.url=\"http://127.0.0.1:{}\"", p.1);
+            throughput(
+                &format!("{name} via tinyproxy"),
+                log,
+                events,
+                *bytes,
+                &["--set", &url],
+                st,
+            );
+            let _ = p.0.kill();
+            let _ = p.0.wait();
+        }
     }
     println!();
     latency(2000, rate_secs);

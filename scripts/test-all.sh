@@ -12,6 +12,9 @@ rustup target add wasm32-wasip2
 
 step "WebAssembly filters: examples and test guests (example-filters/, target wasm32-wasip2)"
 cargo build --release --locked --target wasm32-wasip2 --manifest-path example-filters/Cargo.toml
+python3 -m pip install --quiet --disable-pip-version-check -r example-filters/python/requirements.txt
+bash example-filters/python/add-cluster-id/build.sh
+bash example-filters/js/add-cluster-id/build.sh
 
 step "HTTP CONNECT proxies and tools from Debian (tinyproxy, squid, socat, stunnel4)"
 need=()

@@ -44,7 +44,8 @@ pub enum Command {
 pub enum FilterCommand {
     /// Run a filter over events (JSON lines from a file or stdin) and print
     /// one JSON line per event: its result (keep, changed, drop) and the
-    /// event as it would be forwarded. Exits 1 if the filter fails.
+    /// event as it would be forwarded. Exits non-zero if a filter cannot be
+    /// loaded or fails.
     Test {
         /// The filter component (.wasm); repeat for a chain.
         #[arg(long, required = true)]
@@ -159,6 +160,11 @@ pub struct DemoArgs {
     /// How many received events to print in full.
     #[arg(long, default_value_t = 3)]
     pub show: usize,
+    /// The add-cluster-id WASM filter for the owner's output (default: the
+    /// built example in example-filters/ or the image's
+    /// /usr/share/audit-forwarder/filters/, if present).
+    #[arg(long, value_name = "WASM")]
+    pub filter: Option<PathBuf>,
 }
 
 fn quote(s: &str) -> String {

@@ -4,7 +4,8 @@
 //!
 //! - `security`: policy preset `metadata` (everything, bodies removed);
 //! - `owner`: policy preset `minimal` (pod/deployment changes with bodies,
-//!   exec, secrets metadata; no read-only noise).
+//!   exec, secrets metadata; no read-only noise), plus the `add-cluster-id`
+//!   WebAssembly filter when its component is at hand.
 
 use crate::config::{Config, OutputSection, TailSection};
 use crate::forward::server::{Output, Server, ServerConfig};
@@ -12,7 +13,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::{self, PipelineError};
 use crate::synth::{Generator, Mix};
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -73,7 +74,23 @@ fn read_json_lines(p: &Path) -> Result<Vec<serde_json::Value>, DemoError> {
         .collect()
 }
 
-pub async fn run(events: usize, show: usize) -> Result<(), DemoError> {
+/// Where the add-cluster-id example filter is found by default.
+pub const FILTER_PATHS: [&str; 2] = [
+    "example-filters/target/wasm32-wasip2/release/add_cluster_id.wasm",
+    "/usr/share/audit-forwarder/filters/add-cluster-id.wasm",
+];
+
+pub async fn run(events: usize, show: usize, filter: Option<PathBuf>) -> Result<(), DemoError> {
+    let filter = filter.or_else(|| FILTER_PATHS.iter().map(PathBuf::from).find(|p| p.is_file()));
+    match &filter {
+        Some(f) => println!(
+            "the owner's output adds clusterID = \"shoot--demo\" with the WebAssembly filter {}",
+            f.display()
+        ),
+        None => println!(
+            "(no add-cluster-id.wasm found; build example-filters/ or pass --filter to see a WASM filter at work)"
+        ),
+    }
     let dir = tempfile::tempdir()?;
     let log = dir.path().join("audit.log");
     let (sd_tx, sd_rx) = watch::channel(false);
@@ -102,6 +119,17 @@ pub async fn run(events: usize, show: usize) -> Result<(), DemoError> {
                 name: "owner".into(),
                 port: own_port,
                 policy: Some("minimal".into()),
+                filters: filter
+                    .iter()
+                    .map(|f| crate::config::FilterSection {
+                        wasm: f.clone(),
+                        name: Some("add-cluster-id".into()),
+                        config: serde_json::json!({ "cluster": "shoot--demo" }),
+                        on_error: Default::default(),
+                        timeout: Duration::from_millis(100),
+                        max_memory_bytes: 64 << 20,
+                    })
+                    .collect(),
                 ..Default::default()
             },
         ],
@@ -198,7 +226,21 @@ pub async fn run(events: usize, show: usize) -> Result<(), DemoError> {
         if sec_ids == ids { "yes" } else { "NO" },
         with_bodies
     );
-    println!("  owner:    {} events, levels {:?}", own.len(), own_levels);
+    let tagged = own
+        .iter()
+        .filter(|v| v["clusterID"] == "shoot--demo")
+        .count();
+    println!(
+        "  owner:    {} events, levels {:?}, with clusterID from the WASM filter: {}",
+        own.len(),
+        own_levels,
+        tagged
+    );
+    if filter.is_some() && tagged != own.len() {
+        return Err(DemoError::Failed(
+            "the WASM filter did not tag every owner event".into(),
+        ));
+    }
     if sec_ids != ids || with_bodies != 0 {
         return Err(DemoError::Failed(
             "the security receiver did not get exactly the events written".into(),

@@ -462,7 +462,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 cli.log_level.as_deref().unwrap_or("warn"),
                 cli.log_format.unwrap_or(logging::LogFormat::Text),
             );
-            demo::run(a.events, a.show).await?;
+            demo::run(a.events, a.show, a.filter.clone()).await?;
             Ok(ExitCode::SUCCESS)
         }
     }

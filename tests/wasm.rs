@@ -455,3 +455,56 @@ fn compiled_components_are_cached() {
         .collect();
     assert_eq!(files.len(), 1);
 }
+
+#[test]
+fn add_cluster_id_in_python() {
+    other_language("python");
+}
+
+#[test]
+fn add_cluster_id_in_javascript() {
+    other_language("js");
+}
+
+/// The same add-cluster-id written in Python (componentize-py) or
+/// JavaScript (componentize-js), built by scripts/test-all.sh.
+fn other_language(lang: &str) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("example-filters");
+    let evs = events(86, 200);
+    let input = evs.join("\n") + "\n";
+    {
+        let wasm = root.join(lang).join("add-cluster-id/add-cluster-id.wasm");
+        assert!(
+            wasm.is_file(),
+            "{} is missing: scripts/test-all.sh builds it",
+            wasm.display()
+        );
+        let (rc, out, err) = filter_test(
+            &[wasm],
+            &["cluster=shoot--a", "extra={ landscape = \"eu1\" }"],
+            &input,
+        );
+        assert_eq!(rc, 0, "{lang}: {err}");
+        assert_eq!(out.len(), evs.len(), "{lang}");
+        for (r, e) in out.iter().zip(&evs) {
+            let mut ev = r["event"].clone();
+            assert_eq!(ev["clusterID"], "shoot--a", "{lang}");
+            assert_eq!(ev["landscape"], "eu1", "{lang}");
+            let m = ev.as_object_mut().unwrap();
+            m.remove("clusterID");
+            m.remove("landscape");
+            assert_eq!(ev, json_value(e), "{lang}");
+        }
+        // Refusing a bad config works the same way.
+        let (rc, _, err) = filter_test(
+            &[root.join(lang).join("add-cluster-id/add-cluster-id.wasm")],
+            &["colour=blue"],
+            "{}\n",
+        );
+        assert_ne!(rc, 0);
+        assert!(
+            err.contains("configure() rejected the config"),
+            "{lang}: {err}"
+        );
+    }
+}

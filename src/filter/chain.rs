@@ -456,7 +456,10 @@ mod tests {
         let b = c.value("{\"x\":1}").unwrap();
         let mut out = Vec::new();
         splice(&enc("{}"), &[("a".into(), a), ("b".into(), b)], &mut out).unwrap();
-        assert_eq!(record_json(&out).unwrap(), r#"{"a":"shoot--a","b":{"x":1}}"#);
+        assert_eq!(
+            record_json(&out).unwrap(),
+            r#"{"a":"shoot--a","b":{"x":1}}"#
+        );
         assert!(c.value("{nope").is_err());
     }
 
