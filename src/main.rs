@@ -295,6 +295,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .filter_map(|o| pipeline::load_policy(o).err().map(|e| e.to_string()))
                 .collect();
             // Certificates and keys parse, and each key matches its certificate.
+            // Filters load, pass the version check and accept their config.
+            for o in &cfg.outputs {
+                for f in &o.filters {
+                    if let Err(e) = audit_forwarder::filter::wasm::WasmFilter::load(f.spec(None)) {
+                        problems.push(format!("output {:?}: {e}", o.name));
+                    }
+                }
+            }
             for o in &cfg.outputs {
                 let proxy_tls = match o.proxy() {
                     Ok(Some(audit_forwarder::transport::proxy::Proxy {

@@ -508,3 +508,43 @@ fn other_language(lang: &str) {
         );
     }
 }
+
+/// `check` loads every filter: a filter that refuses its config fails it.
+#[test]
+fn check_loads_filters() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("c.toml");
+    let run = |config: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "[[outputs]]\n[[outputs.filters]]\nwasm = {:?}\nconfig = {{ {config} }}\n",
+                guest("add_cluster_id")
+            ),
+        )
+        .unwrap();
+        let o = Command::new(BIN)
+            .args(["check", "--config", cfg.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        )
+    };
+    let (ok, out) = run("cluster = \"a\"");
+    assert!(ok, "{out}");
+    let (ok, out) = run("clusterr = \"a\"");
+    assert!(!ok);
+    assert!(
+        out.contains("`cluster` (a non-empty string) is required"),
+        "{out}"
+    );
+    let (ok, out) = run("cluster = \"a\", colour = 1");
+    assert!(!ok);
+    assert!(out.contains("unknown key `colour`"), "{out}");
+}
