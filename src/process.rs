@@ -224,7 +224,13 @@ impl LineSink for Processor {
                         Outcome::Keep | Outcome::Rewritten => {
                             let (rec, json) = match outcome {
                                 Outcome::Keep => {
-                                    (self.rec.clone(), String::from_utf8_lossy(line).into_owned())
+                                    // Validated by the transcoder; this check is SIMD.
+                                    let json = simdutf8::basic::from_utf8(line)
+                                        .map(str::to_string)
+                                        .unwrap_or_else(|_| {
+                                            String::from_utf8_lossy(line).into_owned()
+                                        });
+                                    (self.rec.clone(), json)
                                 }
                                 _ => (
                                     self.rewritten.clone(),

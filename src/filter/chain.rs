@@ -144,6 +144,9 @@ pub struct Chain {
     tc: Transcoder,
     scratch: Vec<u8>,
     warn: RateLimit,
+    /// Encoded `set-fields` values by their JSON text: enrichment sets the
+    /// same few values on every event.
+    values: std::collections::HashMap<String, Vec<u8>>,
 }
 
 impl Chain {
@@ -162,6 +165,7 @@ impl Chain {
             tc: Transcoder::default(),
             scratch: Vec::new(),
             warn: RateLimit::default(),
+            values: std::collections::HashMap::new(),
         })
     }
 
@@ -349,8 +353,23 @@ impl Chain {
         Ok(())
     }
 
-    /// A JSON value → msgpack, through the transcoder (`{"v": value}`).
+    /// A JSON value → msgpack, remembered for the next events (bounded).
     fn value(&mut self, json: &str) -> Result<Vec<u8>, String> {
+        if let Some(v) = self.values.get(json) {
+            return Ok(v.clone());
+        }
+        let v = self.encode_value(json)?;
+        if self.values.len() >= 256 {
+            self.values.clear();
+        }
+        if json.len() <= 4096 {
+            self.values.insert(json.to_string(), v.clone());
+        }
+        Ok(v)
+    }
+
+    /// A JSON value → msgpack, through the transcoder (`{"v": value}`).
+    fn encode_value(&mut self, json: &str) -> Result<Vec<u8>, String> {
         let wrapped = format!("{{\"v\":{json}}}");
         self.scratch.clear();
         self.tc
