@@ -151,7 +151,12 @@ async fn forward(cli: &Cli, a: &ForwardArgs) -> anyhow::Result<ExitCode> {
                     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                     while reload_rx.try_recv().is_ok() {}
                     match config::load(a.config.config.as_deref(), &a.sets()) {
-                        Ok(new) => match new.outputs.iter().try_for_each(|o| pipeline::load_policy(o).map(|_| ())) {
+                        Ok(new) => match new.outputs.iter().try_for_each(|o| {
+                            pipeline::load_policy(o)?;
+                            // Filters must load, too (compiled into the cache).
+                            pipeline::load_filters(&new, o, audit_forwarder::metrics::OutputMetrics::default())
+                                .map(|_| ())
+                        }) {
                             Ok(()) => match pipeline::restart_safe(&cfg) {
                                 Ok(()) => break Ok((new, why)),
                                 Err(e) => {

@@ -548,3 +548,45 @@ fn check_loads_filters() {
     assert!(!ok);
     assert!(out.contains("unknown key `colour`"), "{out}");
 }
+
+/// A configuration reload applies a new filter config; one whose filter
+/// refuses its config is rejected and the running filter keeps working.
+#[test]
+fn config_reload_checks_filters() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out.jsonl");
+    let (_rx, port) = receiver(&out, &[]);
+    let log = d.path().join("audit.log");
+    let cfg = d.path().join("config.toml");
+    let put = |config: &str| {
+        let tmp = d.path().join("config.toml.tmp");
+        std::fs::write(
+            &tmp,
+            format!(
+                "state_dir = {:?}\n[tail]\npath = {:?}\npoll_interval = \"20ms\"\n[[outputs]]\nport = {port}\n[[outputs.filters]]\nwasm = {:?}\nconfig = {{ {config} }}\n",
+                d.path().join("state"),
+                log,
+                guest("add_cluster_id")
+            ),
+        )
+        .unwrap();
+        std::fs::rename(&tmp, &cfg).unwrap();
+    };
+    put("cluster = \"c1\"");
+    let mut api = ApiServerLog::new(&log, 87, Mix::Metadata);
+    let f = Proc::spawn(&["forward", "--config", cfg.to_str().unwrap()], &[]);
+    api.write(50);
+    wait_lines(&out, 50);
+    put("cluster = \"c2\"");
+    f.wait_log("configuration reloaded");
+    api.write(50);
+    wait_lines(&out, 100);
+    put("cluster = \"\"");
+    f.wait_log("configuration reload rejected");
+    api.write(50);
+    let got = json_values(&wait_lines(&out, 150));
+    let ids: HashSet<String> = got.iter().map(|e| e["auditID"].to_string()).collect();
+    assert_eq!(ids.len(), 150, "nothing lost or duplicated");
+    assert!(got[..50].iter().all(|e| e["clusterID"] == "c1"));
+    assert!(got[50..].iter().all(|e| e["clusterID"] == "c2"));
+}
