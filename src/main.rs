@@ -399,22 +399,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .unwrap_or_else(|| serde_json::Value::from(v));
                 table.insert(k.trim().to_string(), v);
             }
-            let config = serde_json::Value::Object(table).to_string();
+            let config = serde_json::Value::Object(table);
             let specs = wasm
                 .iter()
                 .map(|p| {
-                    let spec = audit_forwarder::filter::wasm::Spec {
-                        name: p
-                            .file_stem()
-                            .map(|s| s.to_string_lossy().into_owned())
-                            .unwrap_or_default(),
-                        path: p.clone(),
+                    let f = config::FilterSection {
+                        wasm: p.clone(),
+                        name: None,
                         config: config.clone(),
+                        on_error: audit_forwarder::filter::chain::OnError::Stop,
                         timeout: *timeout,
-                        max_memory: 256 << 20,
-                        cache_dir: None,
+                        max_memory_bytes: 256 << 20,
                     };
-                    (spec, audit_forwarder::filter::chain::OnError::Stop)
+                    (f.spec(None), f.on_error)
                 })
                 .collect();
             let mut chain = audit_forwarder::filter::chain::Chain::load(

@@ -231,13 +231,7 @@ impl Chain {
         batch: Vec<Event>,
     ) {
         for (&i, ev) in live.iter().zip(batch) {
-            match on_error {
-                OnError::Drop => {
-                    items[i].dropped = true;
-                    self.m.dropped("filter_error", 1);
-                }
-                _ => items[i].event = Some(ev),
-            }
+            self.fallback(on_error, &mut items[i], ev);
         }
     }
 
@@ -343,14 +337,19 @@ impl Chain {
         msg: &str,
     ) -> Result<(), String> {
         self.failed(name, on_error, msg, "invalid_verdict", 1)?;
-        match on_error {
-            OnError::Drop => {
-                it.dropped = true;
-                self.m.dropped("filter_error", 1);
-            }
-            _ => it.event = Some(ev),
-        }
+        self.fallback(on_error, it, ev);
         Ok(())
+    }
+
+    /// An event whose filter failed (and `on_error` is not `stop`): drop
+    /// it, or keep it as the filter saw it.
+    fn fallback(&mut self, on_error: OnError, it: &mut Item, ev: Event) {
+        if on_error == OnError::Drop {
+            it.dropped = true;
+            self.m.dropped("filter_error", 1);
+        } else {
+            it.event = Some(ev);
+        }
     }
 
     /// A JSON value → msgpack, remembered for the next events (bounded).

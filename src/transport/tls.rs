@@ -71,7 +71,7 @@ fn roots(setting: &str, path: &Path) -> Result<rustls::RootCertStore, TlsError> 
 }
 
 /// Client side settings of one destination (or of a proxy).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ClientTls {
     /// Prefix of the setting names in error messages: `tls_` for an
     /// output (`tls_ca_file`), `proxy.` for its proxy (`proxy.ca_file`).
@@ -87,11 +87,7 @@ pub struct ClientTls {
 impl ClientTls {
     /// Reads the files and builds a rustls client configuration.
     pub fn config(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-        let p = if self.settings.is_empty() {
-            "tls_"
-        } else {
-            self.settings
-        };
+        let p = self.settings;
         let (ca_s, cert_s, key_s) = (
             format!("{p}ca_file"),
             format!("{p}cert_file"),

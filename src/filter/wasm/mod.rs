@@ -449,12 +449,11 @@ impl WasmFilter {
 
     /// Runs one batch. Exactly one verdict per event, or an error.
     pub fn call(&mut self, events: &[Event]) -> Result<Vec<Verdict>, CallError> {
-        let inst = match self.instance.take() {
+        let mut inst = match self.instance.take() {
             Some(i) => i,
             None => instantiate(&self.spec, &self.compiled.component)
                 .map_err(|e| CallError::Reinstantiate(e.to_string()))?,
         };
-        let mut inst = inst;
         inst.store.data_mut().limits.hit = false;
         inst.store.set_epoch_deadline(ticks(self.spec.timeout));
         let r = inst

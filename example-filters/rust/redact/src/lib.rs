@@ -86,10 +86,8 @@ impl Guest for Redact {
                 r.resources = v;
             }
             if let Some(p) = paths {
-                r.paths = p
-                    .iter()
-                    .map(|p| p.split('.').map(str::to_string).collect())
-                    .collect();
+                let p: Vec<&str> = p.iter().map(String::as_str).collect();
+                r.paths = split(&p);
             }
         });
         Ok(())
