@@ -208,8 +208,9 @@ fn abuse(
     mode: &str,
     on_error: &str,
     extra: &str,
-) -> (i32, Vec<String>, ApiServerLog, Proc, PathBuf) {
-    let d = tempfile::tempdir().unwrap().keep();
+) -> (i32, Vec<String>, ApiServerLog, Proc, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
     let log = d.join("audit.log");
     let out = d.join("out.jsonl");
     let mut api = ApiServerLog::new(&log, 83, Mix::Metadata);
@@ -227,7 +228,7 @@ fn abuse(
     let mut f = spawn_forward(&a);
     let rc = f.wait_exit();
     drop(rx);
-    (rc, read_lines(&out), api, f, d)
+    (rc, read_lines(&out), api, f, dir)
 }
 
 #[test]
@@ -272,6 +273,7 @@ fn on_error_drop_and_stop() {
     assert_ne!(rc, 0, "{logs}");
     assert!(logs.contains("stopping the output"), "{logs}");
     assert!(lines.is_empty());
+    let d = d.path();
     let out = d.join("out2.jsonl");
     let (_rx, port) = receiver(&out, &[]);
     let mut a = forward_args(&api.path, &d.join("state"), port);
