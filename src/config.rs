@@ -39,6 +39,8 @@ pub struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output: Option<OutputSection>,
     pub receive: ReceiveSection,
+    /// The audit webhook source (off unless `webhook.listen` is set).
+    pub webhook: WebhookSection,
 }
 
 impl Default for Config {
@@ -54,6 +56,135 @@ impl Default for Config {
             outputs: Vec::new(),
             output: None,
             receive: ReceiveSection::default(),
+            webhook: WebhookSection::default(),
+        }
+    }
+}
+
+/// One source of audit events feeding every output: the audit log file, or
+/// the webhook spool (which the same tail reads).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceSpec {
+    /// `tail` or `webhook`.
+    pub kind: &'static str,
+    pub path: PathBuf,
+    pub start_at: StartAt,
+}
+
+impl SourceSpec {
+    /// The name of an output's pipeline for this source: checkpoints
+    /// (`checkpoint-<label>.json`) and metrics (`output="<label>"`). The file
+    /// source keeps the output's name; the webhook spool adds `@webhook`.
+    pub fn label(&self, output: &str) -> String {
+        match self.kind {
+            "tail" => output.to_string(),
+            k => format!("{output}@{k}"),
+        }
+    }
+}
+
+impl Config {
+    /// The enabled sources: the audit log (unless `tail.enabled = false`)
+    /// and the webhook spool (when `webhook.listen` is set).
+    pub fn sources(&self) -> Vec<SourceSpec> {
+        let mut v = Vec::new();
+        if self.tail.enabled {
+            v.push(SourceSpec {
+                kind: "tail",
+                path: self.tail.path.clone(),
+                start_at: self.tail.start_at,
+            });
+        }
+        if self.webhook.listen.is_some() {
+            v.push(SourceSpec {
+                kind: "webhook",
+                path: self.spool_dir().join(crate::source::spool::LIVE),
+                // Everything in the spool was accepted and must be sent.
+                start_at: StartAt::Oldest,
+            });
+        }
+        v
+    }
+
+    /// Where the webhook source keeps accepted batches.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.webhook
+            .spool_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("spool"))
+    }
+
+    /// Every pipeline's label (output × source), e.g. for probes.
+    pub fn pipeline_labels(&self) -> Vec<String> {
+        let sources = self.sources();
+        self.outputs
+            .iter()
+            .flat_map(|o| sources.iter().map(|s| s.label(&o.name)))
+            .collect()
+    }
+}
+
+/// `[webhook]`: accept kube-apiserver's audit webhook backend
+/// (`--audit-webhook-config-file`): `EventList` (or single `Event`) POSTs,
+/// spooled to disk before the answer, then forwarded like the audit log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookSection {
+    /// `host:port` to listen on; unset = the webhook source is off.
+    pub listen: Option<String>,
+    /// Server certificate and key (HTTPS). Both unset requires
+    /// `allow_plaintext = true`.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// Require client certificates signed by this CA (the apiserver's
+    /// `client-certificate` in the webhook kubeconfig).
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// Serve plain HTTP (loopback, or behind a TLS-terminating sidecar).
+    pub allow_plaintext: bool,
+    /// Require `Authorization: Bearer <token>`, the token read from this
+    /// file (re-read when it changes).
+    pub bearer_token_file: Option<PathBuf>,
+    /// Larger bodies get 413 (the apiserver's batches are a few MB).
+    pub max_body_bytes: usize,
+    /// Default: `<state_dir>/spool`.
+    pub spool_dir: Option<PathBuf>,
+    /// Accepted but not yet acknowledged by every output; above it new
+    /// batches get 429 (the apiserver retries them with backoff).
+    pub spool_max_bytes: u64,
+    /// Spool files are rotated at this size; a rotated file is deleted once
+    /// every output acknowledged all of it.
+    pub spool_file_bytes: u64,
+    /// Fsync every batch before answering 200 (off only for benchmarks).
+    pub fsync: bool,
+}
+
+impl Default for WebhookSection {
+    fn default() -> Self {
+        WebhookSection {
+            listen: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+            allow_plaintext: false,
+            bearer_token_file: None,
+            max_body_bytes: 32 << 20,
+            spool_dir: None,
+            spool_max_bytes: 1 << 30,
+            spool_file_bytes: 64 << 20,
+            fsync: true,
+        }
+    }
+}
+
+impl WebhookSection {
+    pub fn server_tls(&self) -> Option<crate::transport::tls::ServerTls> {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(c), Some(k)) => Some(crate::transport::tls::ServerTls {
+                cert_file: c.clone(),
+                key_file: k.clone(),
+                client_ca_file: self.tls_client_ca_file.clone(),
+            }),
+            _ => None,
         }
     }
 }
@@ -71,6 +202,8 @@ pub enum OnInvalid {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TailSection {
+    /// Follow the audit log (off: only the webhook source feeds the outputs).
+    pub enabled: bool,
     /// The live audit log (`--audit-log-path` of kube-apiserver).
     pub path: PathBuf,
     pub max_line_bytes: usize,
@@ -85,6 +218,7 @@ pub struct TailSection {
 impl Default for TailSection {
     fn default() -> Self {
         TailSection {
+            enabled: true,
             path: "/var/log/audit/audit.log".into(),
             max_line_bytes: 16 << 20,
             on_invalid: OnInvalid::ForwardRaw,
@@ -704,6 +838,33 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
     }
     if cfg.receive.max_frame_bytes < 1024 {
         errs.push("receive.max_frame_bytes: must be at least 1024".into());
+    }
+    if !cfg.tail.enabled && cfg.webhook.listen.is_none() {
+        errs.push("tail.enabled = false and webhook.listen unset: there is nothing to read".into());
+    }
+    let w = &cfg.webhook;
+    if w.listen.is_some() {
+        if w.tls_cert_file.is_some() != w.tls_key_file.is_some() {
+            errs.push("webhook: set both tls_cert_file and tls_key_file".into());
+        }
+        if w.tls_client_ca_file.is_some() && w.tls_cert_file.is_none() {
+            errs.push("webhook.tls_client_ca_file: needs tls_cert_file and tls_key_file".into());
+        }
+        if w.tls_cert_file.is_none() && !w.allow_plaintext {
+            errs.push(
+                "webhook: set tls_cert_file and tls_key_file (HTTPS), or allow_plaintext = true for plain HTTP"
+                    .into(),
+            );
+        }
+        if w.max_body_bytes == 0 || w.spool_file_bytes == 0 {
+            errs.push("webhook: max_body_bytes and spool_file_bytes must be > 0".into());
+        }
+        if w.spool_max_bytes < 2 * w.spool_file_bytes.max(w.max_body_bytes as u64) {
+            errs.push(format!(
+                "webhook.spool_max_bytes: {} must be at least twice spool_file_bytes and max_body_bytes",
+                w.spool_max_bytes
+            ));
+        }
     }
     if errs.is_empty() {
         Ok(())

@@ -105,12 +105,49 @@ fn watch_config(path: &Path, tx: mpsc::Sender<&'static str>) -> Option<notify::R
 fn probe_for(cfg: &Config, metrics: &Metrics) -> http::Probe {
     http::Probe::Forward {
         outputs: cfg
-            .outputs
+            .pipeline_labels()
             .iter()
-            .map(|o| metrics.output(&o.name))
+            .map(|l| metrics.output(l))
             .collect(),
         grace: cfg.readiness_grace,
     }
+}
+
+/// Starts the webhook source (when `webhook.listen` is set): it accepts
+/// batches into the spool, which the pipelines read like the audit log.
+async fn start_webhook(
+    cfg: &Config,
+    metrics: &Arc<Metrics>,
+    sd: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    use audit_forwarder::source::{spool::Spool, webhook};
+    let w = &cfg.webhook;
+    let Some(addr) = &w.listen else {
+        return Ok(());
+    };
+    let dir = cfg.spool_dir();
+    let spool = Spool::open(&dir, w.spool_max_bytes, w.spool_file_bytes, w.fsync)
+        .context("opening the webhook spool")?;
+    let m = metrics.webhook();
+    m.spool_bytes.set(spool.used() as i64);
+    let tls = match w.server_tls() {
+        Some(t) => Some(Arc::new(
+            audit_forwarder::transport::tls::ReloadingAcceptor::new(t).context("webhook TLS")?,
+        )),
+        None => {
+            warn!(listen = %addr, "webhook without TLS (allow_plaintext = true): use only on loopback or behind TLS termination");
+            None
+        }
+    };
+    let st = Arc::new(webhook::Webhook {
+        spool: Arc::new(std::sync::Mutex::new(spool)),
+        max_body_bytes: w.max_body_bytes,
+        token: w.bearer_token_file.clone().map(webhook::TokenFile::new),
+        metrics: m,
+    });
+    let l = webhook::bind(addr).await?;
+    tokio::spawn(webhook::serve(l, tls, st, sd));
+    Ok(())
 }
 
 async fn forward(cli: &Cli, a: &ForwardArgs) -> anyhow::Result<ExitCode> {
@@ -131,7 +168,15 @@ async fn forward(cli: &Cli, a: &ForwardArgs) -> anyhow::Result<ExitCode> {
         let l = http::bind(addr).await?;
         tokio::spawn(http::serve(l, state.clone(), sd.clone()));
     }
-    info!(path = %cfg.tail.path.display(), outputs = cfg.outputs.len(), oneshot = a.oneshot, "forwarder starting");
+    if !a.oneshot {
+        start_webhook(&cfg, &metrics, sd.clone()).await?;
+    }
+    let sources: Vec<String> = cfg
+        .sources()
+        .iter()
+        .map(|s| format!("{} {}", s.kind, s.path.display()))
+        .collect();
+    info!(sources = ?sources, outputs = cfg.outputs.len(), oneshot = a.oneshot, "forwarder starting");
     loop {
         let (gen_tx, gen_rx) = watch::channel(false);
         let mut run = {
@@ -189,6 +234,9 @@ async fn forward(cli: &Cli, a: &ForwardArgs) -> anyhow::Result<ExitCode> {
                 );
                 let _ = gen_tx.send(true);
                 run.await??;
+                if new.webhook != cfg.webhook {
+                    warn!("webhook settings changed: they take effect after a restart");
+                }
                 cfg = new;
                 if let Ok(mut p) = state.probe.lock() {
                     *p = probe_for(&cfg, &metrics);
@@ -333,11 +381,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     problems.push(format!("receive: {e}"));
                 }
             }
+            if let Some(t) = cfg.webhook.server_tls()
+                && let Err(e) = t.config()
+            {
+                problems.push(format!("webhook: {e}"));
+            }
+            if let Some(t) = &cfg.webhook.bearer_token_file
+                && let Err(e) =
+                    audit_forwarder::source::webhook::TokenFile::new(t.clone()).current()
+            {
+                problems.push(format!("webhook: {e}"));
+            }
             if problems.is_empty() {
+                let sources: Vec<String> = cfg
+                    .sources()
+                    .iter()
+                    .map(|s| format!("{} {}", s.kind, s.path.display()))
+                    .collect();
                 println!(
-                    "configuration OK: {} output(s), tail.path = {}",
+                    "configuration OK: {} output(s), sources: {}",
                     cfg.outputs.len(),
-                    cfg.tail.path.display()
+                    sources.join(", ")
                 );
                 Ok(ExitCode::SUCCESS)
             } else {

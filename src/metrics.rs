@@ -62,6 +62,11 @@ struct Families {
     recv_rejected: Counters,
     recv_dedupe: Counters,
     recv_bytes: Counters,
+    webhook_requests: Counters,
+    webhook_events: Counters,
+    webhook_rejected: Counters,
+    spool_bytes: Gauges,
+    spool_files_deleted: Counters,
 }
 
 /// Handles for one output's series.
@@ -244,6 +249,34 @@ impl ReceiverMetrics {
     }
 }
 
+/// Handles for the webhook source's series.
+#[derive(Clone, Debug, Default)]
+pub struct WebhookMetrics {
+    pub events: Counter,
+    pub spool_bytes: Gauge,
+    pub spool_files_deleted: Counter,
+    requests: Counters,
+    rejected: Counters,
+}
+
+impl WebhookMetrics {
+    pub fn request(&self, code: u16) {
+        self.requests
+            .get_or_create(&vec![("code", code.to_string())])
+            .inc();
+    }
+    pub fn rejected(&self, reason: &str) {
+        self.rejected
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc();
+    }
+    pub fn rejected_count(&self, reason: &str) -> u64 {
+        self.rejected
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .get()
+    }
+}
+
 impl Metrics {
     pub fn new() -> Arc<Self> {
         let f = Families::default();
@@ -290,6 +323,11 @@ impl Metrics {
             "receiver_rejected_frames", "Frames or connections rejected, by reason", recv_rejected;
             "receiver_dedupe_hits", "Resent chunks recognised and not written twice", recv_dedupe;
             "receiver_bytes", "Bytes received", recv_bytes;
+            "webhook_requests", "Webhook requests answered, by HTTP status code", webhook_requests;
+            "webhook_events", "Audit events accepted by the webhook and spooled", webhook_events;
+            "webhook_rejected", "Webhook requests refused, by reason", webhook_rejected;
+            "spool_bytes", "Bytes in the webhook spool not yet acknowledged by every output", spool_bytes;
+            "spool_files_deleted", "Spool files deleted after every output acknowledged them", spool_files_deleted;
         }
         Arc::new(Metrics { registry: r, f })
     }
@@ -348,6 +386,17 @@ impl Metrics {
             bytes: f.recv_bytes.get_or_create(&vec![]).clone(),
             messages: f.recv_messages.clone(),
             rejected: f.recv_rejected.clone(),
+        }
+    }
+
+    pub fn webhook(&self) -> WebhookMetrics {
+        let f = &self.f;
+        WebhookMetrics {
+            events: f.webhook_events.get_or_create(&vec![]).clone(),
+            spool_bytes: f.spool_bytes.get_or_create(&vec![]).clone(),
+            spool_files_deleted: f.spool_files_deleted.get_or_create(&vec![]).clone(),
+            requests: f.webhook_requests.clone(),
+            rejected: f.webhook_rejected.clone(),
         }
     }
 

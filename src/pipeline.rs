@@ -6,7 +6,7 @@
 //! tokio:       Client (send, acks) ──watermark──► checkpoint task ──► state_dir/checkpoint-<output>.json
 //! ```
 
-use crate::config::{Config, OutputKind, OutputSection};
+use crate::config::{Config, OutputKind, OutputSection, SourceSpec};
 use crate::filter::policy::Policy;
 use crate::forward::batch::{BatchConfig, Batcher};
 use crate::forward::client::{Client, ClientConfig, ClientEnd};
@@ -90,17 +90,45 @@ pub async fn run(
         });
     }
     let mut tasks = Vec::new();
-    for o in &cfg.outputs {
-        let p = output(
-            cfg,
-            o,
-            oneshot,
-            metrics.output(&o.name),
-            all_rx.clone(),
-            stop_all.clone(),
-        )?;
-        tasks.push(tokio::spawn(p));
+    let sources = cfg.sources();
+    for src in &sources {
+        for o in &cfg.outputs {
+            let label = src.label(&o.name);
+            let p = output(
+                cfg,
+                src,
+                o,
+                &label,
+                oneshot,
+                metrics.output(&label),
+                all_rx.clone(),
+                stop_all.clone(),
+            )?;
+            tasks.push(tokio::spawn(p));
+        }
     }
+    // The webhook spool: delete what every output acknowledged.
+    let spool_gc = sources.iter().find(|s| s.kind == "webhook").map(|src| {
+        let dir = cfg.spool_dir();
+        let cps: Vec<PathBuf> = cfg
+            .outputs
+            .iter()
+            .map(|o| checkpoint_path(cfg, &src.label(&o.name)))
+            .collect();
+        (dir, cps, metrics.webhook())
+    });
+    let gc_task = spool_gc.clone().map(|(dir, cps, m)| {
+        let mut stop = all_rx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => collect_spool(&dir, &cps, &m).await,
+                    _ = crate::stopped(&mut stop) => return,
+                }
+            }
+        })
+    });
     drop(all_rx);
     let mut reports = Vec::new();
     for t in tasks {
@@ -109,24 +137,49 @@ pub async fn run(
             Err(e) => error!(error = %e, "output task failed"),
         }
     }
+    if let Some(t) = gc_task {
+        t.abort();
+    }
+    if let Some((dir, cps, m)) = spool_gc {
+        collect_spool(&dir, &cps, &m).await;
+    }
     Ok(reports)
+}
+
+/// `state_dir/checkpoint-<label>.json`.
+pub fn checkpoint_path(cfg: &Config, label: &str) -> PathBuf {
+    cfg.state_dir.join(format!("checkpoint-{label}.json"))
+}
+
+async fn collect_spool(dir: &std::path::Path, cps: &[PathBuf], m: &crate::metrics::WebhookMetrics) {
+    let (dir, cps) = (dir.to_path_buf(), cps.to_vec());
+    if let Ok((deleted, left)) =
+        tokio::task::spawn_blocking(move || crate::source::spool::collect(&dir, &cps)).await
+    {
+        for d in &deleted {
+            info!(path = %d.display(), "spool file acknowledged by every output: deleted");
+        }
+        m.spool_files_deleted.inc_by(deleted.len() as u64);
+        m.spool_bytes.set(left as i64);
+    }
 }
 
 /// Can the outputs be restarted from their checkpoints without losing
 /// data? Not while an output's checkpointed file exists only as a descriptor
 /// its tail holds open (rotated away and deleted): restarting would close it.
 pub fn restart_safe(cfg: &Config) -> Result<(), String> {
-    let cands = crate::source::files::candidates(&cfg.tail.path);
-    for o in &cfg.outputs {
-        let path = cfg.state_dir.join(format!("checkpoint-{}.json", o.name));
-        if let Ok(Some(cp)) = Checkpoint::load(&path)
-            && !cands.iter().any(|c| cp.matches(c))
-        {
-            return Err(format!(
-                "output {:?} is still reading {} (deleted from disk, kept open)",
-                o.name,
-                cp.file.path.display()
-            ));
+    for src in cfg.sources() {
+        let cands = crate::source::files::candidates(&src.path);
+        for o in &cfg.outputs {
+            let label = src.label(&o.name);
+            if let Ok(Some(cp)) = Checkpoint::load(&checkpoint_path(cfg, &label))
+                && !cands.iter().any(|c| cp.matches(c))
+            {
+                return Err(format!(
+                    "output {label:?} is still reading {} (deleted from disk, kept open)",
+                    cp.file.path.display()
+                ));
+            }
         }
     }
     Ok(())
@@ -198,15 +251,18 @@ pub fn load_policy(o: &OutputSection) -> Result<Option<Policy>, PipelineError> {
 }
 
 /// Starts one output's pipeline; the returned future completes when it ends.
+#[allow(clippy::too_many_arguments)]
 fn output(
     cfg: &Config,
+    src: &SourceSpec,
     o: &OutputSection,
+    label: &str,
     oneshot: bool,
     m: OutputMetrics,
     shutdown: watch::Receiver<bool>,
     stop_all: Arc<watch::Sender<bool>>,
 ) -> Result<impl Future<Output = Report> + use<>, PipelineError> {
-    let cp_path = cfg.state_dir.join(format!("checkpoint-{}.json", o.name));
+    let cp_path = checkpoint_path(cfg, label);
     let resume = Checkpoint::load(&cp_path)?;
     let policy = load_policy(o)?;
     let chain = load_filters(cfg, o, m.clone())?;
@@ -218,11 +274,11 @@ fn output(
     let stop = Arc::new(AtomicBool::new(false));
     let mut tail = Tail::new(
         TailConfig {
-            path: cfg.tail.path.clone(),
+            path: src.path.clone(),
             read_buffer: cfg.tail.read_buffer_bytes,
             max_line_bytes: cfg.tail.max_line_bytes,
             poll_interval: cfg.tail.poll_interval,
-            start_at: cfg.tail.start_at,
+            start_at: src.start_at,
             oneshot,
         },
         m.clone(),
@@ -245,7 +301,7 @@ fn output(
     )
     .with_max_record(o.max_record_bytes)
     .with_filters(chain, o.filter_batch_events);
-    let name = o.name.clone();
+    let name = label.to_string();
     let tail_m = m.clone();
     let tail_thread = std::thread::Builder::new()
         .name(format!("tail-{name}"))
@@ -303,7 +359,7 @@ fn output(
         conn_tx,
     );
     let interval = o.checkpoint_interval;
-    let log_path = cfg.tail.path.clone();
+    let log_path = src.path.clone();
     let shutdown_timeout = cfg.shutdown_timeout;
     Ok(async move {
         let mut sd = shutdown.clone();

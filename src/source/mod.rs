@@ -3,7 +3,9 @@
 
 pub mod checkpoint;
 pub mod files;
+pub mod spool;
 pub mod tail;
+pub mod webhook;
 
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;

@@ -73,6 +73,29 @@ impl Proc {
         }
     }
 
+    /// The first log line so far, or to come, containing `needle`
+    /// (independent of what [`Proc::wait_log`] consumed).
+    pub fn logged(&self, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(l) = self
+                .log_copy
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return l.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line containing {needle:?} within {WAIT:?}; logs:\n{}",
+                self.all_logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn all_logs(&self) -> String {
         self.log_copy.lock().unwrap().join("\n")
     }
@@ -296,20 +319,22 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
 /// Value of the sample `name{labels}` (labels as printed, e.g.
 /// `output="default",reason="policy"`), 0 when absent.
 pub fn metric(text: &str, name: &str, labels: &str) -> f64 {
-    let key = if labels.is_empty() {
-        name.to_string()
-    } else {
-        format!("{name}{{{labels}}}")
-    };
+    let key = format!("{name}{{{labels}}}");
     text.lines()
-        .find_map(|l| l.strip_prefix(&key).and_then(|rest| rest.strip_prefix(' ')))
+        .find_map(|l| {
+            let rest = l.strip_prefix(&key).or_else(|| {
+                // A series without labels is printed as `name` or `name{}`.
+                l.strip_prefix(name).filter(|_| labels.is_empty())
+            })?;
+            rest.strip_prefix(' ')
+        })
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
 }
 
 /// The port of the HTTP endpoint from the process's log.
 pub fn http_port(p: &Proc) -> u16 {
-    let line = p.wait_log("http endpoint listening");
+    let line = p.logged("http endpoint listening");
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     v["fields"]["listen"]
         .as_str()
