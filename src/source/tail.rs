@@ -434,8 +434,10 @@ impl Tail {
         }
         self.scan = self.end;
         // A partial line longer than the limit: discard it as it arrives.
+        // (+1: a line of exactly the limit may still end in "\r\n".)
         let partial = (self.end - self.start) as u64;
-        if partial > self.cfg.max_line_bytes as u64 || (self.skipping.is_some() && partial > 0) {
+        if partial > self.cfg.max_line_bytes as u64 + 1 || (self.skipping.is_some() && partial > 0)
+        {
             self.skipping = Some(self.skipping.unwrap_or(0) + partial);
             self.buf_off += self.end as u64;
             self.start = 0;
