@@ -264,3 +264,71 @@ fn copytruncate_followed_by_more_data_than_was_read_is_detected_while_running() 
     );
     f.wait_log("truncated in place");
 }
+
+#[test]
+fn an_unreadable_log_is_reported_retried_and_read_once_permitted() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out.jsonl");
+    let (_rx, port) = receiver(&out, &[]);
+    let log = d.path().join("audit.log");
+    std::fs::write(&log, format!("{A}\n")).unwrap();
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o000)).unwrap();
+    // As root, drop the capabilities that bypass file permissions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let wrapper: &[&str] = if root {
+        &[
+            "setpriv",
+            "--bounding-set=-dac_override,-dac_read_search",
+            "--",
+        ]
+    } else {
+        &[]
+    };
+    let mut args = forward_args(&log, &d.path().join("state"), port);
+    args.extend(["--set".into(), "http_listen=\"127.0.0.1:0\"".into()]);
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let f = Proc::spawn_via(wrapper, &a, &[]);
+    let line = f.wait_log("cannot open audit log file");
+    assert!(line.contains("Permission denied"), "{line}");
+    let mport = http_port(&f);
+    wait_metrics(mport, "read errors", |t| {
+        metric(t, "audit_forwarder_read_errors_total", "output=\"default\"") >= 2.0
+    });
+    assert!(read_lines(&out).is_empty());
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .unwrap()
+        .write_all(format!("{B}\n").as_bytes())
+        .unwrap();
+    assert_eq!(wait_lines(&out, 2), vec![A.to_string(), B.to_string()]);
+}
+
+#[test]
+fn a_50_mb_event_passes_intact_when_max_line_bytes_allows_it() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out.jsonl");
+    let (_rx, port) = receiver(&out, &["--set", "receive.max_frame_bytes=104857600"]);
+    let log = d.path().join("audit.log");
+    let big = format!(
+        "{{\"auditID\":\"big\",\"requestObject\":{{\"data\":\"{}\"}}}}",
+        "z".repeat(50 << 20)
+    );
+    std::fs::write(&log, format!("{A}\n{big}\n{B}\n")).unwrap();
+    oneshot(
+        &log,
+        &d.path().join("state"),
+        port,
+        &[
+            "--set",
+            "tail.max_line_bytes=67108864",
+            "--set",
+            "output.max_record_bytes=67108864",
+        ],
+    );
+    let got = read_lines(&out);
+    assert_eq!(got.len(), 3);
+    assert!(got[1] == big, "the 50 MB event changed on the way");
+}

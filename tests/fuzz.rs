@@ -330,7 +330,10 @@ fn a_crlf_line_of_exactly_the_limit_split_after_the_cr_passes() {
         content.extend_from_slice(&[b'a'; 50]);
         content.push(b'\n');
     }
-    content.extend(std::iter::repeat_n(b'b', 4096 - (max + 1) - content.len() - 1));
+    content.extend(std::iter::repeat_n(
+        b'b',
+        4096 - (max + 1) - content.len() - 1,
+    ));
     content.push(b'\n');
     let filler = content.iter().filter(|&&b| b == b'\n').count();
     content.extend(std::iter::repeat_n(b'x', max));

@@ -94,11 +94,59 @@ fn garbage_bombs_and_idle_clients_close_their_connection_only() {
 }
 
 #[test]
-fn hundreds_of_idle_connections_do_not_block_a_real_client() {
+fn a_gzip_bomb_and_a_deeply_nested_record_close_their_connection_only() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out.jsonl");
+    let (rx, port) = receiver(&out, &["--set", "receive.max_decompressed_bytes=1048576"]);
+    // CompressedPackedForward whose 16 KiB of gzip inflate to 16 MiB.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&vec![0xc0u8; 16 << 20]).unwrap();
+    let gz = gz.finish().unwrap();
+    assert!(gz.len() < 64 << 10, "{}", gz.len());
+    let mut f = vec![0x93, 0xa1, b't', 0xc6];
+    f.extend_from_slice(&(gz.len() as u32).to_be_bytes());
+    f.extend_from_slice(&gz);
+    f.extend_from_slice(b"\x81\xaacompressed\xa4gzip");
+    let mut s = connect(port);
+    s.write_all(&f).unwrap();
+    assert!(closed_by_server(s));
+    rx.wait_log("max_decompressed_bytes");
+
+    // A record nested 100,000 arrays deep.
+    let mut f = vec![0x93, 0xa1, b't', 0x05];
+    f.extend(std::iter::repeat_n(0x91u8, 100_000));
+    f.push(0x01);
+    let mut s = connect(port);
+    s.write_all(&f).unwrap();
+    assert!(closed_by_server(s));
+    rx.wait_log("deep");
+
+    send_acked(port, 3, "c3");
+    assert_eq!(read_lines(&out), vec!["{\"k\":3}".to_string()]);
+}
+
+/// Raises this process's open-file limit to the hard limit (CI machines may
+/// start with a soft limit of 1,024).
+fn raise_nofile() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+#[test]
+fn a_thousand_idle_connections_do_not_block_a_real_client() {
+    raise_nofile();
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("out.jsonl");
     let (_rx, port) = receiver(&out, &[]);
-    let idle: Vec<TcpStream> = (0..500).map(|_| connect(port)).collect();
+    let idle: Vec<TcpStream> = (0..1000).map(|_| connect(port)).collect();
     send_acked(port, 2, "c2");
     assert_eq!(read_lines(&out), vec!["{\"k\":2}".to_string()]);
     drop(idle);

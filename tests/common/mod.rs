@@ -27,7 +27,19 @@ pub struct Proc {
 impl Proc {
     /// Spawns the binary with JSON logs on stderr.
     pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Proc {
-        let mut cmd = Command::new(BIN);
+        Proc::spawn_via(&[], args, envs)
+    }
+
+    /// Like [`Proc::spawn`], started through `wrapper` (e.g. `setpriv ...`).
+    pub fn spawn_via(wrapper: &[&str], args: &[&str], envs: &[(&str, &str)]) -> Proc {
+        let mut cmd = match wrapper.split_first() {
+            Some((w, rest)) => {
+                let mut c = Command::new(w);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
         cmd.arg("--log-format")
             .arg("json")
             .arg("--log-level")

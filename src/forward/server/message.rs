@@ -38,7 +38,9 @@ pub enum MessageError {
     Json(#[from] ToJsonError),
     #[error("gzip: {0}")]
     Gzip(std::io::Error),
-    #[error("decompressed entries exceed the limit of {0} bytes")]
+    #[error(
+        "decompressed entries exceed receive.max_decompressed_bytes ({0} bytes): a gzip bomb or a client sending too much per message"
+    )]
     GzipTooLarge(usize),
     #[error("unsupported compression {0:?}")]
     Compression(String),
