@@ -40,3 +40,16 @@ cargo clippy --all-targets --locked -- -D warnings
 
 step "tests"
 cargo test --locked --all-targets
+
+# The steps below need root (network namespaces, tc, tmpfs); they fail, and
+# say why, where that is not available.
+as_root=""; [ "$(id -u)" -eq 0 ] || as_root="sudo -E"
+
+step "kind/: manifests validated offline (kubernetes-validate, yamllint, shellcheck, audit-forwarder check)"
+bash kind/validate.sh
+
+step "kind/netns: the five deployment scenarios on network namespaces"
+$as_root env AF_BIN="$PWD/target/debug/audit-forwarder" bash kind/netns/run.sh
+
+step "fault injection, short form (scripts/faults/run.sh --short)"
+$as_root env AF_BIN="$PWD/target/debug/audit-forwarder" bash scripts/faults/run.sh --short

@@ -108,7 +108,11 @@ fn watch_config(path: &Path, tx: mpsc::Sender<&'static str>) -> Option<notify::R
         .to_path_buf();
     let file = path.to_path_buf();
     let mut last = std::fs::read(&file).ok();
-    let mut w = notify::recommended_watcher(move |_ev: notify::Result<notify::Event>| {
+    let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        // Reading the file below causes access events: not changes.
+        if !audit_forwarder::source::files::is_change(&ev) {
+            return;
+        }
         let now = std::fs::read(&file).ok();
         if now.is_some() && now != last {
             last = now;

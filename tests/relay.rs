@@ -387,3 +387,34 @@ fn round_robin_spreads_chunks_over_servers_without_loss_or_duplicates() {
     want.sort();
     assert_eq!(all, want, "every event exactly once");
 }
+
+/// Regression: started before the audit log existed, the forwarder took only
+/// the live file once files appeared, skipping files rotated before its
+/// first open (start_at = "oldest" or not, they were all written since).
+#[test]
+fn files_rotated_before_the_first_open_are_read_when_the_log_did_not_exist_at_start() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out.jsonl");
+    let (_rx, port) = receiver(&out, &[]);
+    let dir = d.path().join("log");
+    let staging = d.path().join("staging");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(&staging).unwrap();
+    let log = dir.join("audit.log");
+    let f = spawn_forward(&forward_args(&log, &d.path().join("state"), port));
+    f.wait_log("audit log not found");
+    // An apiserver that wrote and rotated twice meanwhile (made elsewhere,
+    // then moved in: the rotated files first, the live file last).
+    let mut w = ApiServerLog::new(&staging.join("audit.log"), 5, Mix::Metadata);
+    w.write(30);
+    let r1 = w.rotate();
+    w.write(30);
+    let r2 = w.rotate();
+    w.write(30);
+    for r in [&r1, &r2] {
+        std::fs::rename(r, dir.join(r.file_name().unwrap())).unwrap();
+    }
+    std::fs::rename(staging.join("audit.log"), &log).unwrap();
+    let got = wait_lines(&out, 90);
+    assert_eq!(got, w.written);
+}

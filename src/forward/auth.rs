@@ -108,6 +108,7 @@ pub async fn client(
         },
     };
     s.write_all(&ping.encode()).await?;
+    s.flush().await?;
     let n = read_frame(s, buf, t, AuthError::Timeout(t)).await?;
     let pong = Pong::decode(&buf[..n])?;
     buf.drain(..n);
@@ -149,6 +150,7 @@ pub async fn server(
         keepalive: true,
     };
     s.write_all(&helo.encode()).await?;
+    s.flush().await?;
     let n = read_frame(s, buf, t, AuthError::Timeout(t)).await?;
     let ping = Ping::decode(&buf[..n])?;
     buf.drain(..n);
@@ -178,5 +180,38 @@ pub async fn server(
         },
     };
     s.write_all(&pong.encode()).await?;
+    s.flush().await?;
     verdict.map_err(|r| AuthError::Rejected(r.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both sides over streams that hold writes back until flushed (as a TLS
+    /// stream may): the handshake completes only if every message is flushed.
+    #[tokio::test]
+    async fn handshake_flushes_every_message() {
+        let (a, b) = tokio::io::duplex(64 << 10);
+        let mut cs: Stream = Box::new(tokio::io::BufWriter::new(a));
+        let mut ss: Stream = Box::new(tokio::io::BufWriter::new(b));
+        let csec = ClientSecurity {
+            shared_key: "k".into(),
+            hostname: "client".into(),
+            username: "u".into(),
+            password: "p".into(),
+        };
+        let ssec = ServerSecurity {
+            shared_key: "k".into(),
+            hostname: "server".into(),
+            users: vec![("u".into(), "p".into())],
+        };
+        let t = Duration::from_secs(5);
+        let (c, s) = tokio::join!(
+            async { client(&mut cs, &csec, t, &mut Vec::new()).await },
+            async { server(&mut ss, &ssec, t, &mut Vec::new()).await },
+        );
+        s.expect("server side");
+        c.expect("client side");
+    }
 }

@@ -523,7 +523,12 @@ impl Client {
     ) -> Result<(), SessionError> {
         let t = self.cfg.ack_timeout;
         let payload = &self.queue[i].chunk.payload;
-        match tokio::time::timeout(t, wr.write_all(payload)).await {
+        // Flush: a TLS stream may hold records back until flushed.
+        let w = async {
+            wr.write_all(payload).await?;
+            wr.flush().await
+        };
+        match tokio::time::timeout(t, w).await {
             Err(_) => return Err(SessionError::WriteTimeout(t)),
             Ok(r) => r?,
         }

@@ -59,10 +59,46 @@ fn stem_ext(live: &Path) -> (String, String) {
     }
 }
 
+/// Whether a file notification means something changed. Access events
+/// (open, read, close without writing) are not changes: our own listing and
+/// reading cause them, and waking on them would make the reader spin.
+pub fn is_change(res: &notify::Result<notify::Event>) -> bool {
+    match res {
+        Ok(ev) => !matches!(ev.kind, notify::EventKind::Access(_)),
+        Err(_) => true,
+    }
+}
+
+/// Identity of the live file, if it is a regular file.
+fn live_id(live: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(live)
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| (m.dev(), m.ino()))
+}
+
 /// Lists the rotated siblings of `live` (oldest first, by the timestamp in
 /// their names) followed by `live` itself if it is a regular file. A sibling
 /// present both plain and gzipped (compression in progress) is listed plain.
+///
+/// The list is consistent with one moment: if the live file was rotated
+/// while the directory was read (its identity differs before and after),
+/// the directory is read again, so a file renamed in between is never
+/// missing from the list while its successor is in it.
 pub fn candidates(live: &Path) -> Vec<Candidate> {
+    let mut list = Vec::new();
+    for _ in 0..100 {
+        let before = live_id(live);
+        list = list_once(live);
+        let listed = list.last().filter(|c| c.live).map(|c| (c.dev, c.ino));
+        if before == listed && live_id(live) == before {
+            break;
+        }
+    }
+    list
+}
+
+fn list_once(live: &Path) -> Vec<Candidate> {
     let dir = live
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -149,6 +185,57 @@ mod tests {
                 "audit.log"
             ]
         );
+    }
+
+    #[test]
+    fn access_events_are_not_changes() {
+        use notify::event::{AccessKind, CreateKind, EventKind, ModifyKind};
+        let ev = |k| Ok(notify::Event::new(k));
+        assert!(!is_change(&ev(EventKind::Access(AccessKind::Any))));
+        assert!(is_change(&ev(EventKind::Create(CreateKind::File))));
+        assert!(is_change(&ev(EventKind::Modify(ModifyKind::Any))));
+    }
+
+    #[test]
+    fn a_rotation_during_listing_is_not_half_seen() {
+        // Rotate on another thread as fast as possible while listing: every
+        // list must hold every rotated file older than its live file.
+        let d = tempfile::tempdir().unwrap();
+        let live = d.path().join("audit.log");
+        std::fs::write(&live, b"0").unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (l2, s2) = (live.clone(), stop.clone());
+        let rotator = std::thread::spawn(move || {
+            for i in 1..=600u32 {
+                let to = l2.with_file_name(format!("audit-2026-01-01T00-00-00.{i:04}.log"));
+                std::fs::rename(&l2, &to).unwrap();
+                std::fs::write(&l2, i.to_string()).unwrap();
+                if s2.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+            }
+        });
+        for _ in 0..1500 {
+            let c = candidates(&live);
+            let Some(last) = c.last().filter(|c| c.live) else {
+                continue;
+            };
+            let n: usize = std::fs::read_to_string(&last.path)
+                .ok()
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(0);
+            // The live file written after rotation i holds i: rotated files
+            // 1..=i must all be listed (when it was not replaced meanwhile).
+            if live_id(&live) == Some((last.dev, last.ino)) {
+                assert!(
+                    c.len() > n,
+                    "live {n} listed with only {} rotated files",
+                    c.len() - 1
+                );
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        rotator.join().unwrap();
     }
 
     #[test]

@@ -273,8 +273,12 @@ impl Tail {
         let cands = files::candidates(&self.cfg.path);
         let next = match &self.last_done {
             None => {
+                // Nothing was opened yet, so no file existed when reading
+                // began: every file there now, rotated ones included, was
+                // written since. Start with the oldest.
                 let live = cands.iter().find(|c| c.live).cloned();
                 if live.is_none()
+                    && cands.is_empty()
                     && let Some(n) = self.warn_open.allow()
                 {
                     match std::fs::metadata(&self.cfg.path) {
@@ -286,7 +290,7 @@ impl Tail {
                         }
                     }
                 }
-                live
+                cands.first().cloned()
             }
             Some(d) => {
                 let after: Vec<&Candidate> = match cands.iter().position(|c| d.is(c)) {
@@ -599,8 +603,10 @@ fn watch(path: &std::path::Path, tx: SyncSender<()>) -> Option<notify::Recommend
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(std::path::Path::new("."));
-    let r = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
-        let _ = tx.try_send(());
+    let r = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if super::files::is_change(&res) {
+            let _ = tx.try_send(());
+        }
     })
     .and_then(|mut w| w.watch(dir, notify::RecursiveMode::NonRecursive).map(|_| w));
     match r {

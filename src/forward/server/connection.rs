@@ -145,6 +145,7 @@ impl Connection {
         }
         if let Some(c) = chunk {
             self.stream.write_all(&encode_ack(&c)).await?;
+            self.stream.flush().await?;
             self.shared.m.acks.inc();
         }
         Ok(())
