@@ -16,9 +16,9 @@ python3 -m pip install --quiet --disable-pip-version-check -r example-filters/py
 bash example-filters/python/add-cluster-id/build.sh
 bash example-filters/js/add-cluster-id/build.sh
 
-step "HTTP CONNECT proxies and tools from Debian (tinyproxy, squid, socat, stunnel4, curl, openssl, iproute2)"
+step "HTTP CONNECT proxies and tools from Debian (tinyproxy, squid, socat, stunnel4, curl, openssl, iproute2, iptables)"
 need=()
-for pair in tinyproxy:tinyproxy squid:squid socat:socat stunnel4:stunnel curl:curl openssl:openssl iproute2:ip iproute2:tc; do
+for pair in tinyproxy:tinyproxy squid:squid socat:socat stunnel4:stunnel curl:curl openssl:openssl iproute2:ip iproute2:tc iptables:iptables; do
   command -v "${pair#*:}" >/dev/null 2>&1 || need+=("${pair%%:*}")
 done
 if [ ${#need[@]} -gt 0 ]; then
