@@ -418,3 +418,66 @@ fn files_rotated_before_the_first_open_are_read_when_the_log_did_not_exist_at_st
     let got = wait_lines(&out, 90);
     assert_eq!(got, w.written);
 }
+
+/// Paths of the files process `pid` has open.
+fn open_files(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|p| p.display().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Regression: with the receiver away, the reader waits inside one rotated
+/// file while the apiserver rotates on and deletes its oldest files
+/// (`--audit-log-maxbackup`); the files after the one being read were lost
+/// without a report. Now they are held open as soon as they appear.
+#[test]
+fn rotated_files_deleted_by_maxbackup_while_the_reader_waits_are_not_lost() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out.jsonl");
+    let port = free_port();
+    let log = d.path().join("audit.log");
+    let mut w = ApiServerLog::new(&log, 9, Mix::Metadata);
+    w.write(200);
+    let mut args = forward_args(&log, &d.path().join("state"), port);
+    for s in [
+        "output.max_batch_events=10",
+        "output.max_pending_chunks=1",
+        "output.max_in_flight=1",
+    ] {
+        args.extend(["--set".to_string(), s.to_string()]);
+    }
+    let f = spawn_forward(&args);
+    f.wait_log("forward connection failed");
+    let pid = f.child.id();
+    let mut rotated = vec![w.rotate()];
+    for _ in 0..6 {
+        w.write(50);
+        let r = w.rotate();
+        // The forwarder holds the new file open before the writer deletes
+        // anything (no sleeps: the fd table is the condition).
+        let name = r.display().to_string();
+        let deadline = std::time::Instant::now() + WAIT;
+        while !open_files(pid).iter().any(|p| p.starts_with(&name)) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} was never opened: {:?}",
+                open_files(pid)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        rotated.push(r);
+        // maxbackup = 2: delete the oldest rotated files.
+        while rotated.len() > 2 {
+            std::fs::remove_file(rotated.remove(0)).unwrap();
+        }
+    }
+    w.write(20);
+    let _rcv = receiver_on(&format!("127.0.0.1:{port}"), &out, &[]);
+    let got = wait_lines(&out, w.written.len());
+    assert_eq!(got, w.written);
+}

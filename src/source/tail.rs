@@ -117,6 +117,11 @@ pub struct Tail {
     cur: Option<Open>,
     last_done: Option<Done>,
     finished: VecDeque<Done>,
+    /// Rotated files newer than the one being read, opened as soon as they
+    /// are seen so that a writer deleting old files (`--audit-log-maxbackup`)
+    /// cannot take them away while this reader is behind (DESIGN.md
+    /// invariant 4). In rotation order.
+    holder: Arc<std::sync::Mutex<Holder>>,
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -134,6 +139,7 @@ impl Tail {
     pub fn new(cfg: TailConfig, m: OutputMetrics, stop: Arc<AtomicBool>) -> Self {
         let (wake_tx, wake_rx) = std::sync::mpsc::sync_channel(1);
         let watcher = watch(&cfg.path, wake_tx.clone());
+        let holder = Holder::start(cfg.path.clone(), cfg.poll_interval, stop.clone());
         let size = cfg.read_buffer.max(4096);
         Tail {
             cfg,
@@ -145,6 +151,7 @@ impl Tail {
             cur: None,
             last_done: None,
             finished: VecDeque::new(),
+            holder,
             buf: vec![0; size],
             start: 0,
             end: 0,
@@ -270,6 +277,11 @@ impl Tail {
 
     /// Opens the file that follows the last finished one (or the live file).
     fn open_next(&mut self) -> bool {
+        while let Some((c, f)) = self.holder.lock().ok().and_then(|mut h| h.held.pop_front()) {
+            if self.last_done.is_some() && !self.finished.iter().any(|d| d.is(&c)) {
+                return self.open_file(&c, Ok(f), 0);
+            }
+        }
         let cands = files::candidates(&self.cfg.path);
         let next = match &self.last_done {
             None => {
@@ -310,8 +322,12 @@ impl Tail {
     }
 
     fn open(&mut self, c: &Candidate, offset: u64) -> bool {
+        self.open_file(c, File::open(&c.path), offset)
+    }
+
+    fn open_file(&mut self, c: &Candidate, f: std::io::Result<File>, offset: u64) -> bool {
         let r = (|| -> std::io::Result<Open> {
-            let mut f = File::open(&c.path)?;
+            let mut f = f?;
             let meta = f.metadata()?;
             if meta.dev() != c.dev || meta.ino() != c.ino {
                 // Rotated between listing and opening: list again.
@@ -352,6 +368,9 @@ impl Tail {
         match r {
             Ok(o) => {
                 debug!(path = %c.path.display(), offset, "opened");
+                if let Ok(mut h) = self.holder.lock() {
+                    h.reading = Some((o.info.dev, o.info.ino, o.info.gz));
+                }
                 self.cur = Some(o);
                 self.start = 0;
                 self.end = 0;
@@ -593,6 +612,90 @@ impl Tail {
         }
         self.last_done = Some(d);
         Ok(())
+    }
+}
+
+/// Keeps the rotated files that follow the one being read open, so that a
+/// writer deleting old files (`--audit-log-maxbackup`) cannot take them away
+/// while the reader is behind (DESIGN.md invariant 4) — also while it waits
+/// on a slow or absent receiver. A thread lists the files every
+/// `poll_interval`; the tail takes held files in rotation order.
+struct Holder {
+    /// (dev, ino, gz) of the file the tail reads.
+    reading: Option<(u64, u64, bool)>,
+    held: VecDeque<(Candidate, File)>,
+}
+
+impl Holder {
+    fn start(
+        path: PathBuf,
+        every: Duration,
+        stop: Arc<AtomicBool>,
+    ) -> Arc<std::sync::Mutex<Holder>> {
+        let h = Arc::new(std::sync::Mutex::new(Holder {
+            reading: None,
+            held: VecDeque::new(),
+        }));
+        let weak = Arc::downgrade(&h);
+        let spawned = std::thread::Builder::new()
+            .name("tail-holder".into())
+            .spawn(move || {
+                let every = every.max(Duration::from_millis(10));
+                // Ends with the tail (its Arc dropped) or on stop.
+                while let Some(h) = weak.upgrade() {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    Holder::refresh(&h, &path);
+                    drop(h);
+                    std::thread::sleep(every);
+                }
+            });
+        if let Err(e) = spawned {
+            warn!(error = %e, "cannot start the rotated-file holder thread; rotated files are opened when their turn comes");
+        }
+        h
+    }
+
+    fn refresh(h: &std::sync::Mutex<Holder>, path: &std::path::Path) {
+        let Some((dev, ino, gz)) = h.lock().ok().and_then(|g| g.reading) else {
+            return;
+        };
+        let cands = files::candidates(path);
+        // After the file being read; if that one was deleted already, after
+        // the last held file; if none is held either, every rotated file
+        // listed (deletion takes the oldest first, so all are newer).
+        let last_held = h
+            .lock()
+            .ok()
+            .and_then(|g| g.held.back().map(|(c, _)| (c.dev, c.ino)));
+        let from = cands
+            .iter()
+            .position(|c| c.dev == dev && c.ino == ino && c.gz == gz)
+            .or_else(|| {
+                let (d, i) = last_held?;
+                cands.iter().position(|c| c.dev == d && c.ino == i)
+            })
+            .map(|i| i + 1)
+            .unwrap_or(0);
+        for c in &cands[from..] {
+            // The live file is opened when its turn comes; a compressed copy
+            // of a held file must not be held a second time.
+            if c.live || c.gz {
+                continue;
+            }
+            let Ok(mut g) = h.lock() else { return };
+            if g.held.iter().any(|(x, _)| x.dev == c.dev && x.ino == c.ino) {
+                continue;
+            }
+            if let Ok(f) = File::open(&c.path)
+                && f.metadata()
+                    .is_ok_and(|m| m.dev() == c.dev && m.ino() == c.ino)
+            {
+                debug!(path = %c.path.display(), "holding a rotated file until it is read");
+                g.held.push_back((c.clone(), f));
+            }
+        }
     }
 }
 
