@@ -3,4 +3,4 @@
 # release build. Usage: scripts/fuzz.sh [CASES]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-FUZZ_CASES="${1:-500000}" exec cargo test --release --locked --test fuzz -- --nocapture
+FUZZ_RANDOM=1 FUZZ_CASES="${1:-500000}" exec cargo test --release --locked --test fuzz -- --nocapture

@@ -13,7 +13,8 @@
 //! counting global allocator.
 //!
 //! Cases per target: `FUZZ_CASES` (default 20,000, the tail model a tenth;
-//! CI runs the default; `scripts/fuzz.sh` runs longer).
+//! CI runs the default with a fixed seed; `scripts/fuzz.sh` runs longer with
+//! random seeds).
 
 use audit_forwarder::filter::policy::Policy;
 use audit_forwarder::forward::protocol::handshake::{Helo, Ping, Pong};
@@ -65,6 +66,22 @@ fn cases() -> u32 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000)
+}
+
+/// A deterministic runner (the same inputs in every CI run), or a random
+/// one with `FUZZ_RANDOM=1` (`scripts/fuzz.sh`).
+fn runner(cases: u32) -> TestRunner {
+    let config = Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    };
+    if std::env::var_os("FUZZ_RANDOM").is_some() {
+        TestRunner::new(config)
+    } else {
+        let rng = proptest::test_runner::TestRng::deterministic_rng(config.rng_algorithm);
+        TestRunner::new_with_rng(config, rng)
+    }
 }
 
 fn corpus(target: &str) -> Vec<Vec<u8>> {
@@ -169,11 +186,7 @@ fn inputs(seeds: Vec<Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
 /// Runs `check` on mutated corpus inputs of `target`; fails on a panic or
 /// an allocation above [`MAX_ALLOC`].
 fn fuzz(target: &str, check: impl Fn(&[u8])) {
-    let mut runner = TestRunner::new(Config {
-        cases: cases(),
-        failure_persistence: None,
-        ..Config::default()
-    });
+    let mut runner = runner(cases());
     let seeds = corpus(target);
     let n = seeds.len();
     let r = runner.run(&inputs(seeds), |input| {
@@ -206,7 +219,11 @@ fn forward_frames_and_messages() {
             let lines = out.iter().filter(|&&c| c == b'\n').count() as u64;
             assert_eq!(lines, d.events, "{} lines for {} events", lines, d.events);
             for l in out.split(|&c| c == b'\n').filter(|l| !l.is_empty()) {
-                serde_json::from_slice::<serde_json::Value>(l)
+                // Records may be nested as deep as the decoder allows (more
+                // than serde_json's default recursion limit).
+                let mut de = serde_json::Deserializer::from_slice(l);
+                de.disable_recursion_limit();
+                <serde_json::Value as serde::Deserialize>::deserialize(&mut de)
                     .unwrap_or_else(|e| panic!("invalid JSON line ({e})"));
             }
         }
@@ -371,11 +388,7 @@ fn tail_line_splitter_matches_a_model() {
         16usize..128,
         64usize..200,
     );
-    let mut runner = TestRunner::new(Config {
-        cases: cases() / 10,
-        failure_persistence: None,
-        ..Config::default()
-    });
+    let mut runner = runner(cases() / 10);
     let r = runner.run(&strategy, |(lines, trailing, read_buffer, max_line)| {
         let mut content = Vec::new();
         for (i, l) in lines.iter().enumerate() {
