@@ -231,21 +231,22 @@ pub struct ReceiverMetrics {
     rejected: Counters,
 }
 
+/// The series of `family` with one label.
+fn one(family: &Counters, key: &'static str, value: &str) -> Counter {
+    family
+        .get_or_create(&vec![(key, value.to_string())])
+        .clone()
+}
+
 impl ReceiverMetrics {
     pub fn message(&self, mode: &str) {
-        self.messages
-            .get_or_create(&vec![("mode", mode.to_string())])
-            .inc();
+        one(&self.messages, "mode", mode).inc();
     }
     pub fn rejected(&self, reason: &str) {
-        self.rejected
-            .get_or_create(&vec![("reason", reason.to_string())])
-            .inc();
+        one(&self.rejected, "reason", reason).inc();
     }
     pub fn rejected_count(&self, reason: &str) -> u64 {
-        self.rejected
-            .get_or_create(&vec![("reason", reason.to_string())])
-            .get()
+        one(&self.rejected, "reason", reason).get()
     }
 }
 
@@ -261,19 +262,13 @@ pub struct WebhookMetrics {
 
 impl WebhookMetrics {
     pub fn request(&self, code: u16) {
-        self.requests
-            .get_or_create(&vec![("code", code.to_string())])
-            .inc();
+        one(&self.requests, "code", &code.to_string()).inc();
     }
     pub fn rejected(&self, reason: &str) {
-        self.rejected
-            .get_or_create(&vec![("reason", reason.to_string())])
-            .inc();
+        one(&self.rejected, "reason", reason).inc();
     }
     pub fn rejected_count(&self, reason: &str) -> u64 {
-        self.rejected
-            .get_or_create(&vec![("reason", reason.to_string())])
-            .get()
+        one(&self.rejected, "reason", reason).get()
     }
 }
 

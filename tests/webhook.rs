@@ -73,16 +73,7 @@ impl Endpoint {
 }
 
 fn webhook_port(p: &Proc) -> u16 {
-    let line = p.logged("webhook source listening");
-    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-    v["fields"]["listen"]
-        .as_str()
-        .unwrap()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
+    logged_port(p, "webhook source listening")
 }
 
 /// Starts a forwarder whose config is `toml` (plus test timings).
@@ -106,6 +97,42 @@ fn forwarder(dir: &Path, toml: &str) -> Proc {
         ],
         &[],
     )
+}
+
+/// A webhook-only forwarder on plain HTTP with these limits (bytes), sending
+/// to 127.0.0.1:`rport`; returns it, its endpoint and its metrics port.
+fn plain_webhook_forwarder(
+    dir: &Path,
+    rport: u16,
+    max_body: u64,
+    file: u64,
+    max: u64,
+) -> (Proc, Endpoint, u16) {
+    let toml = format!(
+        r#"
+state_dir = "{state}"
+[tail]
+enabled = false
+[webhook]
+listen = "127.0.0.1:0"
+allow_plaintext = true
+max_body_bytes = {max_body}
+spool_file_bytes = {file}
+spool_max_bytes = {max}
+[[outputs]]
+port = {rport}
+"#,
+        state = dir.join("state").display(),
+    );
+    let fwd = forwarder(dir, &toml);
+    let ep = Endpoint {
+        port: webhook_port(&fwd),
+        auth: vec![],
+        tls: false,
+        dir: dir.to_path_buf(),
+    };
+    let mport = http_port(&fwd);
+    (fwd, ep, mport)
 }
 
 fn ids_in(out: &Path) -> Vec<String> {
@@ -304,32 +331,9 @@ fn ep_clone(e: &Endpoint) -> Endpoint {
 #[test]
 fn a_full_spool_answers_429_and_recovers_once_the_receiver_drains_it() {
     let d = tempfile::tempdir().unwrap();
-    let (out, state) = (d.path().join("out.jsonl"), d.path().join("state"));
+    let out = d.path().join("out.jsonl");
     let rport = free_port();
-    let toml = format!(
-        r#"
-state_dir = "{state}"
-[tail]
-enabled = false
-[webhook]
-listen = "127.0.0.1:0"
-allow_plaintext = true
-max_body_bytes = 262144
-spool_file_bytes = 131072
-spool_max_bytes = 1048576
-[[outputs]]
-port = {rport}
-"#,
-        state = state.display(),
-    );
-    let fwd = forwarder(d.path(), &toml);
-    let ep = Endpoint {
-        port: webhook_port(&fwd),
-        auth: vec![],
-        tls: false,
-        dir: d.path().to_path_buf(),
-    };
-    let mport = http_port(&fwd);
+    let (_fwd, ep, mport) = plain_webhook_forwarder(d.path(), rport, 262144, 131072, 1048576);
     let mut g = Generator::new(5, Mix::Metadata);
     let mut want = HashSet::new();
     // Receiver down: fill the spool (~1 MiB) until it refuses.
@@ -398,32 +402,9 @@ port = {rport}
 #[test]
 fn bad_requests_get_a_4xx_with_a_reason_and_are_counted() {
     let d = tempfile::tempdir().unwrap();
-    let (out, state) = (d.path().join("out.jsonl"), d.path().join("state"));
+    let out = d.path().join("out.jsonl");
     let (_rcv, rport) = receiver(&out, &[]);
-    let toml = format!(
-        r#"
-state_dir = "{state}"
-[tail]
-enabled = false
-[webhook]
-listen = "127.0.0.1:0"
-allow_plaintext = true
-max_body_bytes = 65536
-spool_file_bytes = 65536
-spool_max_bytes = 1048576
-[[outputs]]
-port = {rport}
-"#,
-        state = state.display(),
-    );
-    let fwd = forwarder(d.path(), &toml);
-    let ep = Endpoint {
-        port: webhook_port(&fwd),
-        auth: vec![],
-        tls: false,
-        dir: d.path().to_path_buf(),
-    };
-    let mport = http_port(&fwd);
+    let (_fwd, ep, mport) = plain_webhook_forwarder(d.path(), rport, 65536, 65536, 1048576);
     let cases: [(&str, &[&str], u16, &str, &str); 7] = [
         (
             "not json",

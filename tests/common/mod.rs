@@ -346,7 +346,12 @@ pub fn metric(text: &str, name: &str, labels: &str) -> f64 {
 
 /// The port of the HTTP endpoint from the process's log.
 pub fn http_port(p: &Proc) -> u16 {
-    let line = p.logged("http endpoint listening");
+    logged_port(p, "http endpoint listening")
+}
+
+/// The port in the `listen` field of the log line containing `needle`.
+pub fn logged_port(p: &Proc, needle: &str) -> u16 {
+    let line = p.logged(needle);
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     v["fields"]["listen"]
         .as_str()
