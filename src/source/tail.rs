@@ -277,8 +277,28 @@ impl Tail {
 
     /// Opens the file that follows the last finished one (or the live file).
     fn open_next(&mut self) -> bool {
-        while let Some((c, f)) = self.holder.lock().ok().and_then(|mut h| h.held.pop_front()) {
-            if self.last_done.is_some() && !self.finished.iter().any(|d| d.is(&c)) {
+        loop {
+            // Taken and marked as being read in one step, so the holder never
+            // sees a stale "reading" and holds this file again.
+            let Some((c, f)) = self.holder.lock().ok().and_then(|mut h| {
+                let x = h.held.pop_front()?;
+                h.reading = Some((x.0.dev, x.0.ino, x.0.gz));
+                Some(x)
+            }) else {
+                break;
+            };
+            // A held file is known by its descriptor (its path may be gone):
+            // identity plus its first bytes (inode numbers are reused after
+            // deletion), or a fingerprint match for renamed copies.
+            let done = self.finished.iter().any(|d| {
+                let same_head = || {
+                    let mut h = vec![0; d.head_len];
+                    std::os::unix::fs::FileExt::read_exact_at(&f, &mut h, 0).is_ok()
+                        && super::fingerprint_of(&h) == d.head_fp
+                };
+                (d.dev == c.dev && d.ino == c.ino && d.gz == c.gz && same_head()) || d.is(&c)
+            });
+            if self.last_done.is_some() && !done {
                 return self.open_file(&c, Ok(f), 0);
             }
         }
@@ -657,35 +677,32 @@ impl Holder {
         h
     }
 
+    /// Holds the rotated files after the one being read. The lock is kept
+    /// for the whole pass, so the file being read cannot change under it
+    /// (a stale view would hold again a file the tail already took).
     fn refresh(h: &std::sync::Mutex<Holder>, path: &std::path::Path) {
-        let Some((dev, ino, gz)) = h.lock().ok().and_then(|g| g.reading) else {
+        let Ok(mut g) = h.lock() else { return };
+        let Some((dev, ino, gz)) = g.reading else {
             return;
         };
         let cands = files::candidates(path);
         // After the file being read; if that one was deleted already, after
-        // the last held file; if none is held either, every rotated file
-        // listed (deletion takes the oldest first, so all are newer).
-        let last_held = h
-            .lock()
-            .ok()
-            .and_then(|g| g.held.back().map(|(c, _)| (c.dev, c.ino)));
-        let from = cands
+        // the last held file; otherwise nothing (never guess).
+        let last_held = g.held.back().map(|(c, _)| (c.dev, c.ino));
+        let Some(from) = cands
             .iter()
             .position(|c| c.dev == dev && c.ino == ino && c.gz == gz)
             .or_else(|| {
                 let (d, i) = last_held?;
                 cands.iter().position(|c| c.dev == d && c.ino == i)
             })
-            .map(|i| i + 1)
-            .unwrap_or(0);
-        for c in &cands[from..] {
+        else {
+            return;
+        };
+        for c in &cands[from + 1..] {
             // The live file is opened when its turn comes; a compressed copy
             // of a held file must not be held a second time.
-            if c.live || c.gz {
-                continue;
-            }
-            let Ok(mut g) = h.lock() else { return };
-            if g.held.iter().any(|(x, _)| x.dev == c.dev && x.ino == c.ino) {
+            if c.live || c.gz || g.held.iter().any(|(x, _)| x.dev == c.dev && x.ino == c.ino) {
                 continue;
             }
             if let Ok(f) = File::open(&c.path)
