@@ -20,6 +20,16 @@ fn oneshot(log: &std::path::Path, state: &std::path::Path, port: u16, extra: &[&
 const A: &str = r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"a","stage":"ResponseComplete","verb":"get"}"#;
 const B: &str = r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"b","stage":"ResponseComplete","verb":"list"}"#;
 
+/// Appends `text` to the file at `path` (as the apiserver does).
+fn append(path: &std::path::Path, text: &str) {
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+}
+
 fn bad_log(path: &std::path::Path) {
     let mut f = std::fs::File::create(path).unwrap();
     let deep = format!("{{\"a\":{}1{}}}", "[".repeat(200), "]".repeat(200));
@@ -181,12 +191,7 @@ fn empty_file_and_copytruncate() {
         .truncate(true)
         .open(&log)
         .unwrap();
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(&log)
-        .unwrap()
-        .write_all(format!("{B}\n").as_bytes())
-        .unwrap();
+    append(&log, &format!("{B}\n"));
     let f = oneshot(&log, &state, port, &[]);
     assert_eq!(read_lines(&out).last().unwrap(), B);
     assert!(f.all_logs().contains("truncated"), "{}", f.all_logs());
@@ -297,12 +302,7 @@ fn an_unreadable_log_is_reported_retried_and_read_once_permitted() {
     });
     assert!(read_lines(&out).is_empty());
     std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o644)).unwrap();
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(&log)
-        .unwrap()
-        .write_all(format!("{B}\n").as_bytes())
-        .unwrap();
+    append(&log, &format!("{B}\n"));
     assert_eq!(wait_lines(&out, 2), vec![A.to_string(), B.to_string()]);
 }
 

@@ -70,7 +70,7 @@ pub fn is_change(res: &notify::Result<notify::Event>) -> bool {
 }
 
 /// Identity of the live file, if it is a regular file.
-fn live_id(live: &Path) -> Option<(u64, u64)> {
+pub fn live_id(live: &Path) -> Option<(u64, u64)> {
     std::fs::metadata(live)
         .ok()
         .filter(|m| m.is_file())

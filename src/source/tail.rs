@@ -685,6 +685,10 @@ impl Holder {
         let Some((dev, ino, gz)) = g.reading else {
             return;
         };
+        // Reading the live file: nothing follows it, no listing needed.
+        if !gz && files::live_id(path) == Some((dev, ino)) {
+            return;
+        }
         let cands = files::candidates(path);
         // After the file being read; if that one was deleted already, after
         // the last held file; otherwise nothing (never guess).
