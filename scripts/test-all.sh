@@ -6,6 +6,11 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n== %s\n' "$*"; }
 
+# A one-off build: incremental caches would only take disk space.
+export CARGO_INCREMENTAL=0
+step "disk space (the build needs ~6 GB in target/)"
+df -h . "${TMPDIR:-/tmp}" || true
+
 step "toolchain components"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 rustup target add wasm32-wasip2
@@ -53,3 +58,7 @@ $as_root env AF_BIN="$PWD/target/debug/audit-forwarder" bash kind/netns/run.sh
 
 step "fault injection, short form (scripts/faults/run.sh --short)"
 $as_root env AF_BIN="$PWD/target/debug/audit-forwarder" bash scripts/faults/run.sh --short
+
+step "disk space at the end"
+du -sh target 2>/dev/null || true
+df -h . "${TMPDIR:-/tmp}" || true
