@@ -4,7 +4,9 @@
 //! steady rate.
 //!
 //! `cargo bench --bench relay` (env: BENCH_EVENTS, default 200000;
-//! BENCH_RATE_SECS, default 5).
+//! BENCH_RATE_SECS, default 5; BENCH_ONLY, comma-separated parts of variant
+//! names to run; BENCH_DATA_DIR, keep the generated logs there, e.g. for
+//! `perf record` of a single `forward --oneshot` run).
 
 use audit_forwarder::synth::{Generator, Mix};
 use std::collections::HashMap;
@@ -119,6 +121,9 @@ fn throughput_with(
     state: &Path,
     rx_extra: &[&str],
 ) {
+    if !selected(name) {
+        return;
+    }
     for e in std::fs::read_dir(state).into_iter().flatten().flatten() {
         if e.file_name().to_string_lossy().starts_with("checkpoint-") {
             let _ = std::fs::remove_file(e.path());
@@ -141,6 +146,14 @@ fn throughput_with(
         fu.max_rss_kb as f64 / 1024.0,
         ru.max_rss_kb as f64 / 1024.0,
     );
+}
+
+/// Is the variant `name` among those BENCH_ONLY selects (all by default)?
+fn selected(name: &str) -> bool {
+    match std::env::var("BENCH_ONLY") {
+        Ok(only) if !only.is_empty() => only.split(',').any(|p| name.contains(p.trim())),
+        _ => true,
+    }
 }
 
 /// A CA and a server certificate for 127.0.0.1 (openssl): (ca, crt, key).
@@ -309,6 +322,19 @@ fn latency(rate: usize, secs: usize) {
     );
 }
 
+/// Writes `events` synthetic events (fixed seed) to `log`.
+fn write_log(log: &Path, mix: Mix, events: usize) {
+    let tmp = log.with_extension("tmp");
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).unwrap());
+    let mut synth = Generator::new(7, mix);
+    for _ in 0..events {
+        writeln!(w, "{}", synth.event()).unwrap();
+    }
+    w.flush().unwrap();
+    drop(w);
+    std::fs::rename(&tmp, log).unwrap();
+}
+
 fn main() {
     // `cargo bench` passes --bench; `cargo test --all-targets` does not: then
     // run a small smoke version so the benchmark itself stays tested.
@@ -322,16 +348,15 @@ fn main() {
     let events = env("BENCH_EVENTS", 200_000, 2_000);
     let rate_secs = env("BENCH_RATE_SECS", 5, 1);
     let d = tempfile::tempdir().unwrap();
+    let data =
+        std::env::var_os("BENCH_DATA_DIR").map_or_else(|| d.path().to_path_buf(), Into::into);
+    std::fs::create_dir_all(&data).unwrap();
     let mut logs = Vec::new();
     for (name, mix) in [("metadata", Mix::Metadata), ("realistic", Mix::Realistic)] {
-        let log = d.path().join(format!("{name}.log"));
-        let mut w = std::io::BufWriter::new(std::fs::File::create(&log).unwrap());
-        let mut synth = Generator::new(7, mix);
-        for _ in 0..events {
-            writeln!(w, "{}", synth.event()).unwrap();
+        let log = data.join(format!("{name}-{events}.log"));
+        if !log.is_file() {
+            write_log(&log, mix, events);
         }
-        w.flush().unwrap();
-        drop(w);
         let bytes = std::fs::metadata(&log).unwrap().len();
         println!(
             "{name}: {events} events, {:.1} MB, {:.0} bytes/event",
@@ -437,5 +462,7 @@ fn main() {
         }
     }
     println!();
-    latency(2000, rate_secs);
+    if selected("latency") {
+        latency(2000, rate_secs);
+    }
 }

@@ -226,19 +226,17 @@ impl LineSink for Processor {
                                 Outcome::Keep => {
                                     // Validated by the transcoder; this check is SIMD.
                                     let json = simdutf8::basic::from_utf8(line)
-                                        .map(str::to_string)
-                                        .unwrap_or_else(|_| {
-                                            String::from_utf8_lossy(line).into_owned()
-                                        });
+                                        .map(std::borrow::Cow::Borrowed)
+                                        .unwrap_or_else(|_| String::from_utf8_lossy(line));
                                     (self.rec.clone(), json)
                                 }
                                 _ => (
                                     self.rewritten.clone(),
-                                    record_json(&self.rewritten).unwrap_or_default(),
+                                    record_json(&self.rewritten).unwrap_or_default().into(),
                                 ),
                             };
                             fq.bytes += rec.len() + json.len();
-                            fq.items.push(Item::new(rec, json, &fields));
+                            fq.items.push(Item::new(rec, &json, &fields));
                             fq.queue.push(Queued::Event {
                                 time: t,
                                 file: file.clone(),

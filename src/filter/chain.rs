@@ -40,46 +40,93 @@ pub struct Item {
     /// The encoded record (what is forwarded).
     pub rec: Vec<u8>,
     /// What the next filter sees; `None` while it must be derived from `rec`.
-    event: Option<Event>,
+    seen: Option<Seen>,
     pub dropped: bool,
 }
 
 impl Item {
     /// An event whose JSON text is `json` (the line, or the record as JSON
     /// after the policy stripped it) and whose fields are `f`.
-    pub fn new(rec: Vec<u8>, json: String, f: &Fields<'_>) -> Item {
+    pub fn new(rec: Vec<u8>, json: &str, f: &Fields<'_>) -> Item {
         Item {
             rec,
-            event: Some(event(json, f)),
+            seen: Some(Seen::new(json, f)),
             dropped: false,
         }
     }
 }
 
-fn s(v: &Option<std::borrow::Cow<'_, str>>) -> String {
-    v.as_deref().unwrap_or_default().to_string()
+/// What a filter sees of one event, owned: the JSON text and the copied-out
+/// fields in one buffer (two allocations per event instead of one per
+/// field); [`Seen::view`] lends it to the guest call as a WIT `event`.
+struct Seen {
+    text: String,
+    /// json, audit-id, verb, username, namespace, resource, subresource,
+    /// name, api-group, stage, level, request-uri.
+    spans: [(u32, u32); 12],
+    groups: Vec<(u32, u32)>,
 }
 
-/// The WIT event for `json` with the fields the host extracted.
-pub fn event(json: String, f: &Fields<'_>) -> Event {
-    let o = f.object_ref.as_ref();
-    let of = |pick: for<'b> fn(&'b crate::forward::encode::ObjectRef<'_>) -> &'b str| {
-        o.map(|o| pick(o).to_string()).unwrap_or_default()
-    };
-    Event {
-        json,
-        audit_id: s(&f.audit_id),
-        verb: s(&f.verb),
-        username: s(&f.username),
-        groups: f.groups.iter().map(|g| g.to_string()).collect(),
-        namespace: of(|o| &o.namespace),
-        resource: of(|o| &o.resource),
-        subresource: of(|o| &o.subresource),
-        name: of(|o| &o.name),
-        api_group: of(|o| &o.api_group),
-        stage: s(&f.stage),
-        level: s(&f.level),
-        request_uri: s(&f.request_uri),
+impl Seen {
+    fn new(json: &str, f: &Fields<'_>) -> Seen {
+        let o = f.object_ref.as_ref();
+        fn d<'b>(v: &'b Option<std::borrow::Cow<'_, str>>) -> &'b str {
+            v.as_deref().unwrap_or_default()
+        }
+        let parts: [&str; 12] = [
+            json,
+            d(&f.audit_id),
+            d(&f.verb),
+            d(&f.username),
+            o.map_or("", |o| &o.namespace),
+            o.map_or("", |o| &o.resource),
+            o.map_or("", |o| &o.subresource),
+            o.map_or("", |o| &o.name),
+            o.map_or("", |o| &o.api_group),
+            d(&f.stage),
+            d(&f.level),
+            d(&f.request_uri),
+        ];
+        let len = parts.iter().map(|p| p.len()).sum::<usize>()
+            + f.groups.iter().map(|g| g.len()).sum::<usize>();
+        let mut text = String::with_capacity(len);
+        let mut put = |p: &str| {
+            let start = text.len() as u32;
+            text.push_str(p);
+            (start, text.len() as u32)
+        };
+        let spans = parts.map(&mut put);
+        let groups = f.groups.iter().map(|g| put(g)).collect();
+        Seen {
+            text,
+            spans,
+            groups,
+        }
+    }
+
+    fn part(&self, (a, b): (u32, u32)) -> &str {
+        &self.text[a as usize..b as usize]
+    }
+
+    /// The WIT event, borrowing from `self`; `groups` is this event's slice
+    /// of the batch's group names.
+    fn view<'a>(&'a self, groups: &'a [&'a str]) -> Event<'a> {
+        let p = |i: usize| self.part(self.spans[i]);
+        Event {
+            json: p(0),
+            audit_id: p(1),
+            verb: p(2),
+            username: p(3),
+            groups,
+            namespace: p(4),
+            resource: p(5),
+            subresource: p(6),
+            name: p(7),
+            api_group: p(8),
+            stage: p(9),
+            level: p(10),
+            request_uri: p(11),
+        }
     }
 }
 
@@ -94,11 +141,7 @@ pub fn record_json(rec: &[u8]) -> Result<String, String> {
 /// Sets top-level `fields` (key, encoded value) of the msgpack map `rec`:
 /// existing keys get the new value in place, new keys are appended; the
 /// other entries are copied byte for byte. Later duplicates win.
-pub fn splice(
-    rec: &[u8],
-    fields: &[(String, Vec<u8>)],
-    out: &mut Vec<u8>,
-) -> Result<(), ReadError> {
+pub fn splice(rec: &[u8], fields: &[(&str, &[u8])], out: &mut Vec<u8>) -> Result<(), ReadError> {
     let mut r = MsgReader::new(rec);
     let n = r.read_map_len()? as usize;
     let mut entries = Vec::with_capacity(n);
@@ -120,14 +163,14 @@ pub fn splice(
         match last(k) {
             Some(i) => {
                 crate::forward::protocol::write_str(out, k);
-                out.extend_from_slice(&fields[i].1);
+                out.extend_from_slice(fields[i].1);
             }
             None => out.extend_from_slice(&rec[span.clone()]),
         }
     }
     for i in added {
         crate::forward::protocol::write_str(out, fields[i].0.as_bytes());
-        out.extend_from_slice(&fields[i].1);
+        out.extend_from_slice(fields[i].1);
     }
     Ok(())
 }
@@ -147,7 +190,12 @@ pub struct Chain {
     /// Encoded `set-fields` values by their JSON text: enrichment sets the
     /// same few values on every event.
     values: std::collections::HashMap<String, Vec<u8>>,
+    /// Reused output buffer of `splice`.
+    spliced: Vec<u8>,
 }
+
+/// Most `set-fields` values remembered in encoded form.
+const VALUE_CACHE: usize = 256;
 
 impl Chain {
     /// Loads every filter (compile or cache, instantiate, configure).
@@ -166,6 +214,7 @@ impl Chain {
             scratch: Vec::new(),
             warn: RateLimit::default(),
             values: std::collections::HashMap::new(),
+            spliced: Vec::new(),
         })
     }
 
@@ -196,43 +245,51 @@ impl Chain {
             if live.is_empty() {
                 return Ok(());
             }
-            let mut batch = Vec::with_capacity(live.len());
             for &i in &live {
-                let ev = match items[i].event.take() {
-                    Some(e) => e,
-                    None => self.derive(&items[i].rec),
-                };
-                batch.push(ev);
+                if items[i].seen.is_none() {
+                    items[i].seen = Some(self.derive(&items[i].rec));
+                }
             }
             let name = self.links[k].filter.name().to_string();
             let on_error = self.links[k].on_error;
             self.m.filter_call(&name, live.len() as u64);
-            match self.links[k].filter.call(&batch) {
+            let result = {
+                // Borrowed views of the items for the call: the strings are
+                // copied once, straight into the guest's memory.
+                let seen: Vec<&Seen> = live
+                    .iter()
+                    .filter_map(|&i| items[i].seen.as_ref())
+                    .collect();
+                let names: Vec<&str> = seen
+                    .iter()
+                    .flat_map(|s| s.groups.iter().map(|&g| s.part(g)))
+                    .collect();
+                let mut at = 0;
+                let events: Vec<Event<'_>> = seen
+                    .iter()
+                    .map(|s| {
+                        let n = s.groups.len();
+                        at += n;
+                        s.view(&names[at - n..at])
+                    })
+                    .collect();
+                self.links[k].filter.call(&events)
+            };
+            match result {
                 Err(e) => {
                     self.failed(&name, on_error, &e.to_string(), e.reason(), live.len())?;
-                    self.after_error(on_error, items, &live, batch);
+                    for &i in &live {
+                        self.fallback(on_error, &mut items[i]);
+                    }
                 }
                 Ok(verdicts) => {
-                    for ((&i, v), ev) in live.iter().zip(verdicts).zip(batch) {
-                        self.apply(&name, on_error, &mut items[i], v, ev)?;
+                    for (&i, v) in live.iter().zip(verdicts) {
+                        self.apply(&name, on_error, &mut items[i], v)?;
                     }
                 }
             }
         }
         Ok(())
-    }
-
-    /// Whole batch failed: keep (restore what the filter saw) or drop.
-    fn after_error(
-        &mut self,
-        on_error: OnError,
-        items: &mut [Item],
-        live: &[usize],
-        batch: Vec<Event>,
-    ) {
-        for (&i, ev) in live.iter().zip(batch) {
-            self.fallback(on_error, &mut items[i], ev);
-        }
     }
 
     /// Logs and counts a failure; `Err` when the output must stop.
@@ -266,10 +323,9 @@ impl Chain {
         on_error: OnError,
         it: &mut Item,
         v: Verdict,
-        ev: Event,
     ) -> Result<(), String> {
         match v {
-            Verdict::Keep => it.event = Some(ev),
+            Verdict::Keep => {}
             Verdict::Drop => {
                 it.dropped = true;
                 self.m.dropped("filter", 1);
@@ -279,48 +335,66 @@ impl Chain {
                 let parsed = self
                     .tc
                     .encode(json.as_bytes(), &mut self.scratch)
-                    .map(|f| event(String::new(), &f))
+                    .map(|f| Seen::new(&json, &f))
                     .map_err(|e| e.to_string());
                 match parsed {
-                    Ok(mut new) => {
-                        new.json = json;
+                    Ok(new) => {
                         std::mem::swap(&mut it.rec, &mut self.scratch);
-                        it.event = Some(new);
+                        it.seen = Some(new);
                     }
                     Err(e) => self.bad_verdict(
                         name,
                         on_error,
                         it,
-                        ev,
                         &format!("replace: not a JSON object: {e}"),
                     )?,
                 }
             }
             Verdict::SetFields(fields) => {
-                let mut enc = Vec::with_capacity(fields.len());
+                // Encoded values come from the cache (enrichment sets the
+                // same few values on every event); the spliced record is
+                // built in a reused buffer and swapped in.
+                if self.values.len() + fields.len() > VALUE_CACHE {
+                    self.values.clear();
+                }
+                let mut uncached = Vec::new();
                 for f in &fields {
-                    match self.value(&f.value) {
-                        Ok(v) => enc.push((f.key.clone(), v)),
+                    if self.values.contains_key(&f.value) {
+                        continue;
+                    }
+                    match self.encode_value(&f.value) {
+                        Ok(v) if f.value.len() <= 4096 => {
+                            self.values.insert(f.value.clone(), v);
+                        }
+                        Ok(v) => uncached.push(v),
                         Err(e) => {
-                            return self.bad_verdict(
-                                name,
-                                on_error,
-                                it,
-                                ev,
-                                &format!("set-fields: {}: invalid JSON value: {e}", f.key),
-                            );
+                            let msg = format!("set-fields: {}: invalid JSON value: {e}", f.key);
+                            return self.bad_verdict(name, on_error, it, &msg);
                         }
                     }
                 }
-                let mut out = Vec::with_capacity(it.rec.len() + 64);
+                let mut extra = uncached.iter();
+                let enc: Vec<(&str, &[u8])> = fields
+                    .iter()
+                    .filter_map(|f| {
+                        let v = match self.values.get(&f.value) {
+                            Some(v) => v.as_slice(),
+                            None => extra.next()?.as_slice(),
+                        };
+                        Some((f.key.as_str(), v))
+                    })
+                    .collect();
+                let mut out = std::mem::take(&mut self.spliced);
                 match splice(&it.rec, &enc, &mut out) {
                     Ok(()) => {
-                        it.rec = out;
+                        std::mem::swap(&mut it.rec, &mut out);
+                        self.spliced = out;
                         // Derived again if another filter follows.
-                        it.event = None;
+                        it.seen = None;
                     }
                     Err(e) => {
-                        self.bad_verdict(name, on_error, it, ev, &format!("set-fields: {e}"))?
+                        self.spliced = out;
+                        self.bad_verdict(name, on_error, it, &format!("set-fields: {e}"))?
                     }
                 }
             }
@@ -333,38 +407,20 @@ impl Chain {
         name: &str,
         on_error: OnError,
         it: &mut Item,
-        ev: Event,
         msg: &str,
     ) -> Result<(), String> {
         self.failed(name, on_error, msg, "invalid_verdict", 1)?;
-        self.fallback(on_error, it, ev);
+        self.fallback(on_error, it);
         Ok(())
     }
 
     /// An event whose filter failed (and `on_error` is not `stop`): drop
-    /// it, or keep it as the filter saw it.
-    fn fallback(&mut self, on_error: OnError, it: &mut Item, ev: Event) {
+    /// it, or keep it as the filter saw it (it is still in `it`).
+    fn fallback(&mut self, on_error: OnError, it: &mut Item) {
         if on_error == OnError::Drop {
             it.dropped = true;
             self.m.dropped("filter_error", 1);
-        } else {
-            it.event = Some(ev);
         }
-    }
-
-    /// A JSON value → msgpack, remembered for the next events (bounded).
-    fn value(&mut self, json: &str) -> Result<Vec<u8>, String> {
-        if let Some(v) = self.values.get(json) {
-            return Ok(v.clone());
-        }
-        let v = self.encode_value(json)?;
-        if self.values.len() >= 256 {
-            self.values.clear();
-        }
-        if json.len() <= 4096 {
-            self.values.insert(json.to_string(), v.clone());
-        }
-        Ok(v)
     }
 
     /// A JSON value → msgpack, through the transcoder (`{"v": value}`).
@@ -383,15 +439,13 @@ impl Chain {
     }
 
     /// The event a filter sees for a record changed by an earlier filter.
-    fn derive(&mut self, rec: &[u8]) -> Event {
+    fn derive(&mut self, rec: &[u8]) -> Seen {
         let json = record_json(rec).unwrap_or_else(|_| "{}".into());
         let mut tmp = Vec::new();
-        let mut ev = match self.tc.encode(json.as_bytes(), &mut tmp) {
-            Ok(f) => event(String::new(), &f),
-            Err(_) => event(String::new(), &Fields::default()),
-        };
-        ev.json = json;
-        ev
+        match self.tc.encode(json.as_bytes(), &mut tmp) {
+            Ok(f) => Seen::new(&json, &f),
+            Err(_) => Seen::new(&json, &Fields::default()),
+        }
     }
 }
 
@@ -411,9 +465,9 @@ pub fn try_lines(
         let mut rec = Vec::new();
         match tc.encode(l, &mut rec) {
             Ok(f) => {
-                let json = String::from_utf8_lossy(l).into_owned();
+                let json = String::from_utf8_lossy(l);
                 slots.push(Some((items.len(), rec.clone())));
-                items.push(Item::new(rec, json, &f));
+                items.push(Item::new(rec, &json, &f));
             }
             Err(e) => {
                 slots.push(None);
@@ -470,15 +524,15 @@ mod tests {
     #[test]
     fn consecutive_values_are_encoded_independently() {
         let mut c = Chain::load(vec![], OutputMetrics::default()).unwrap();
-        let a = c.value("\"shoot--a\"").unwrap();
-        let b = c.value("{\"x\":1}").unwrap();
+        let a = c.encode_value("\"shoot--a\"").unwrap();
+        let b = c.encode_value("{\"x\":1}").unwrap();
         let mut out = Vec::new();
-        splice(&enc("{}"), &[("a".into(), a), ("b".into(), b)], &mut out).unwrap();
+        splice(&enc("{}"), &[("a", &a), ("b", &b)], &mut out).unwrap();
         assert_eq!(
             record_json(&out).unwrap(),
             r#"{"a":"shoot--a","b":{"x":1}}"#
         );
-        assert!(c.value("{nope").is_err());
+        assert!(c.encode_value("{nope").is_err());
     }
 
     #[test]
@@ -495,10 +549,10 @@ mod tests {
         splice(
             &rec,
             &[
-                ("verb".into(), v("\"list\"")),
-                ("clusterID".into(), v("\"shoot--a\"")),
-                ("n".into(), v("1")),
-                ("n".into(), v("{\"x\":[1,2]}")),
+                ("verb", &v("\"list\"")),
+                ("clusterID", &v("\"shoot--a\"")),
+                ("n", &v("1")),
+                ("n", &v("{\"x\":[1,2]}")),
             ],
             &mut out,
         )

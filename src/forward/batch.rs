@@ -47,6 +47,8 @@ pub struct Batcher {
     seq: u64,
     last_size: usize,
     last_time: Option<EventTime>,
+    /// Calls of `should_flush`, to read the clock on a few of them.
+    calls: u32,
 }
 
 impl Batcher {
@@ -61,6 +63,7 @@ impl Batcher {
             seq: 0,
             last_size: 64 * 1024,
             last_time: None,
+            calls: 0,
         };
         b.reset();
         b
@@ -107,11 +110,18 @@ impl Batcher {
         self.events > 0 && self.buf.len() - self.entries_start + len + 11 > self.cfg.max_bytes
     }
 
-    /// Full, or the oldest entry has waited `flush_interval`.
-    pub fn should_flush(&self) -> bool {
-        self.events as usize >= self.cfg.max_events
+    /// Full, or the oldest entry has waited `flush_interval`. The clock is
+    /// read on every 32nd call only: a busy log calls this per line, and
+    /// an idle one is flushed by the tail's idle callback anyway.
+    pub fn should_flush(&mut self) -> bool {
+        if self.events as usize >= self.cfg.max_events
             || self.buf.len() - self.entries_start >= self.cfg.max_bytes
-            || self
+        {
+            return true;
+        }
+        self.calls = self.calls.wrapping_add(1);
+        self.calls.is_multiple_of(32)
+            && self
                 .first_at
                 .is_some_and(|t| t.elapsed() >= self.cfg.flush_interval)
     }

@@ -231,7 +231,7 @@ impl<'a> Parser<'a, '_> {
                 return Err(self.err("expected a string key"));
             }
             let entry_start = self.out.len();
-            let key = self.string()?;
+            let key = self.string(ctx != Ctx::Plain)?;
             self.expect(b':', "expected ':' after a key")?;
             self.ws();
             let (slot, tk) = slot_for(ctx, &key);
@@ -290,7 +290,7 @@ impl<'a> Parser<'a, '_> {
         loop {
             self.ws();
             if matches!(slot, Slot::Groups) && self.peek() == Some(b'"') {
-                let g = self.string()?;
+                let g = self.string(true)?;
                 f.groups.push(g);
             } else {
                 self.value(depth + 1, Ctx::Plain, Slot::None, f)?;
@@ -332,7 +332,7 @@ impl<'a> Parser<'a, '_> {
             }
             Some(b'[') => self.array(depth, slot, f),
             Some(b'"') => {
-                let s = self.string()?;
+                let s = self.string(!matches!(slot, Slot::None))?;
                 store(f, slot, s);
                 Ok(())
             }
@@ -411,60 +411,93 @@ impl<'a> Parser<'a, '_> {
         Ok(())
     }
 
-    /// Reads a string starting at its opening quote, writes it as msgpack str
-    /// and returns it (borrowed when it has no escapes).
-    fn string(&mut self) -> Result<Cow<'a, str>, JsonError> {
+    /// Reads a string starting at its opening quote and writes it as a
+    /// msgpack str. Returns its text when `want` (borrowed from the line
+    /// unless it had escapes), else an empty string.
+    fn string(&mut self, want: bool) -> Result<Cow<'a, str>, JsonError> {
         self.i += 1; // opening quote
         let start = self.i;
-        let rest = &self.s[start..];
-        let stop =
-            memchr::memchr2(b'"', b'\\', rest).ok_or_else(|| self.err("unterminated string"))?;
-        let seg = checked_str(&rest[..stop]).map_err(|e| self.str_err(e, start))?;
-        if rest[stop] == b'"' {
-            self.i = start + stop + 1;
-            super::protocol::write_str(self.out, seg.as_bytes());
+        // Fast path: printable ASCII up to the closing quote, found in one
+        // pass (most strings of an audit event).
+        let stop = super::scan::string_special(self.s, start);
+        if self.s.get(stop) == Some(&b'"') {
+            let seg = &self.s[start..stop];
+            // SAFETY: `string_special` stopped at the first byte outside
+            // 0x20..0x80 other than '"' and '\\', so `seg` is ASCII.
+            let seg = unsafe { std::str::from_utf8_unchecked(seg) };
+            self.i = stop + 1;
+            put_str(self.out, self.s, start, seg.len());
             return Ok(Cow::Borrowed(seg));
         }
-        // Slow path: the string has escapes.
-        let mut s = String::with_capacity(seg.len() + 16);
-        s.push_str(seg);
-        self.i = start + stop;
+        self.string_slow(start, want)
+    }
+
+    /// A string with escapes or non-ASCII text: validated and unescaped
+    /// straight into the output behind a header sized for the worst case,
+    /// which is shrunk at the end (an escape never lengthens the text).
+    fn string_slow(&mut self, start: usize, want: bool) -> Result<Cow<'a, str>, JsonError> {
+        let hdr = self.out.len();
+        let worst = header_len(self.s.len() - start);
+        self.out.resize(hdr + worst, 0);
+        let body = self.out.len();
+        self.i = start;
+        let mut escaped = false;
         loop {
-            match self.peek() {
-                Some(b'"') => {
-                    self.i += 1;
-                    break;
-                }
-                Some(b'\\') => {
-                    self.i += 1;
-                    let c = self.peek().ok_or_else(|| self.err("unterminated escape"))?;
-                    self.i += 1;
-                    match c {
-                        b'"' => s.push('"'),
-                        b'\\' => s.push('\\'),
-                        b'/' => s.push('/'),
-                        b'b' => s.push('\u{8}'),
-                        b'f' => s.push('\u{c}'),
-                        b'n' => s.push('\n'),
-                        b'r' => s.push('\r'),
-                        b't' => s.push('\t'),
-                        b'u' => s.push(self.unicode_escape()?),
-                        _ => return Err(self.err("invalid escape")),
-                    }
-                }
-                Some(_) => {
-                    let rest = &self.s[self.i..];
-                    let stop = memchr::memchr2(b'"', b'\\', rest)
-                        .ok_or_else(|| self.err("unterminated string"))?;
-                    let seg = checked_str(&rest[..stop]).map_err(|e| self.str_err(e, self.i))?;
-                    s.push_str(seg);
-                    self.i += stop;
-                }
-                None => return Err(self.err("unterminated string")),
+            let rest = &self.s[self.i..];
+            let stop = memchr::memchr2(b'"', b'\\', rest)
+                .ok_or_else(|| self.err("unterminated string"))?;
+            let seg = checked_str(&rest[..stop]).map_err(|e| self.str_err(e, self.i))?;
+            self.out.extend_from_slice(seg.as_bytes());
+            self.i += stop + 1;
+            if rest[stop] == b'"' {
+                break;
             }
+            escaped = true;
+            let c = self.peek().ok_or_else(|| self.err("unterminated escape"))?;
+            self.i += 1;
+            let b = match c {
+                b'"' => b'"',
+                b'\\' => b'\\',
+                b'/' => b'/',
+                b'b' => 0x08,
+                b'f' => 0x0c,
+                b'n' => b'\n',
+                b'r' => b'\r',
+                b't' => b'\t',
+                b'u' => {
+                    let ch = self.unicode_escape()?;
+                    let mut buf = [0u8; 4];
+                    self.out
+                        .extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+                    continue;
+                }
+                _ => return Err(self.err("invalid escape")),
+            };
+            self.out.push(b);
         }
-        super::protocol::write_str(self.out, s.as_bytes());
-        Ok(Cow::Owned(s))
+        let len = self.out.len() - body;
+        let need = header_len(len);
+        if need != worst {
+            self.out.copy_within(body.., hdr + need);
+            self.out.truncate(hdr + need + len);
+        }
+        let mut h = Vec::with_capacity(5);
+        super::protocol::write_str_header(&mut h, len);
+        self.out[hdr..hdr + need].copy_from_slice(&h);
+        if !want {
+            return Ok(Cow::Borrowed(""));
+        }
+        if !escaped {
+            // No escapes: the text is the line's own bytes, validated above.
+            let raw = &self.s[start..self.i - 1];
+            // SAFETY: every segment of `raw` passed `checked_str`.
+            return Ok(Cow::Borrowed(unsafe { std::str::from_utf8_unchecked(raw) }));
+        }
+        let text = &self.out[hdr + need..];
+        // Built from validated segments and chars: valid UTF-8.
+        String::from_utf8(text.to_vec())
+            .map(Cow::Owned)
+            .map_err(|_| JsonError::Utf8 { offset: start })
     }
 
     fn str_err(&self, e: StrError, base: usize) -> JsonError {
@@ -556,6 +589,38 @@ fn scan(seg: &[u8]) -> Scan {
         ascii &= b < 0x80;
     }
     if ascii { Scan::Ascii } else { Scan::NonAscii }
+}
+
+/// Appends `s[start..start + len]` as a msgpack str. Short strings (most
+/// keys and many values) are copied as one 16-byte block instead of a
+/// `memcpy` call.
+#[inline(always)]
+fn put_str(out: &mut Vec<u8>, s: &[u8], start: usize, len: usize) {
+    super::protocol::write_str_header(out, len);
+    if len <= 16 && start + 16 <= s.len() {
+        out.reserve(16);
+        // SAFETY: `start + 16 <= s.len()`, so 16 bytes are readable; 16
+        // bytes of spare capacity were reserved; the new length covers
+        // only the `len` bytes wanted, all of them written.
+        unsafe {
+            let dst = out.as_mut_ptr().add(out.len());
+            std::ptr::copy_nonoverlapping(s.as_ptr().add(start), dst, 16);
+            out.set_len(out.len() + len);
+        }
+    } else {
+        out.extend_from_slice(&s[start..start + len]);
+    }
+}
+
+/// Bytes of the msgpack str header for `len` bytes (msgpack spec, str
+/// format family).
+fn header_len(len: usize) -> usize {
+    match len {
+        0..=31 => 1,
+        32..=0xff => 2,
+        0x100..=0xffff => 3,
+        _ => 5,
+    }
 }
 
 fn slot_for(ctx: Ctx, key: &str) -> (Slot, TopKey) {
@@ -668,6 +733,44 @@ mod tests {
         let mut out = Vec::new();
         write_value(&mut MsgReader::new(&mp), &mut out).expect("our msgpack is valid");
         Ok(serde_json::from_slice(&out).expect("our JSON is valid"))
+    }
+
+    #[test]
+    fn escaped_strings_at_every_header_size_boundary() {
+        for len in [
+            1, 30, 31, 32, 33, 254, 255, 256, 257, 65534, 65535, 65536, 65537,
+        ] {
+            // An escape at the start, so the escaped text is one byte longer.
+            let text = format!("\n{}", "x".repeat(len - 1));
+            let v = serde_json::json!({ "verb": text, "k": text, "é": "ü\u{2028}" });
+            let line = serde_json::to_string(&v).unwrap();
+            assert_eq!(through(line.as_bytes()).unwrap(), v, "len {len}");
+            let mut mp = Vec::new();
+            let f = Transcoder::default()
+                .encode(line.as_bytes(), &mut mp)
+                .unwrap();
+            assert_eq!(f.verb.as_deref(), Some(text.as_str()));
+            // Minimal headers, byte for byte.
+            let one = serde_json::to_string(&serde_json::json!({ "k": text })).unwrap();
+            let mut mp = Vec::new();
+            Transcoder::default()
+                .encode(one.as_bytes(), &mut mp)
+                .unwrap();
+            let mut want = vec![0xde, 0, 1];
+            crate::forward::protocol::write_str(&mut want, b"k");
+            crate::forward::protocol::write_str(&mut want, text.as_bytes());
+            assert_eq!(mp, want, "len {len}");
+        }
+        // A key with an escape still names a field.
+        let mut mp = Vec::new();
+        let f = Transcoder::default()
+            .encode(
+                br#"{"ver\u0062":"get","user":{"username":"a\"b"}}"#,
+                &mut mp,
+            )
+            .unwrap();
+        assert_eq!(f.verb.as_deref(), Some("get"));
+        assert_eq!(f.username.as_deref(), Some("a\"b"));
     }
 
     proptest! {

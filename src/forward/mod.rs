@@ -6,4 +6,5 @@ pub mod batch;
 pub mod client;
 pub mod encode;
 pub mod protocol;
+pub mod scan;
 pub mod server;

@@ -32,6 +32,7 @@ mod bindings {
     wasmtime::component::bindgen!({
         path: "filters-wit",
         world: "audit-filter",
+        ownership: Borrowing { duplicate_if_necessary: true },
     });
 }
 

@@ -6,6 +6,7 @@
 
 use crate::forward::protocol::EVENT_TIME_EXT;
 use crate::forward::protocol::reader::{Head, MsgReader, ReadError};
+use crate::forward::scan;
 use rmp::Marker;
 
 /// Deepest nesting written; deeper records are rejected.
@@ -119,23 +120,6 @@ fn key(r: &mut MsgReader<'_>, out: &mut Vec<u8>, depth: usize) -> Result<(), ToJ
     Ok(())
 }
 
-// 0: copy; 1: needs an escape.
-static ESCAPE: [u8; 256] = {
-    let mut t = [0u8; 256];
-    let mut i = 0;
-    while i < 0x20 {
-        t[i] = 1;
-        i += 1;
-    }
-    t[b'"' as usize] = 1;
-    t[b'\\' as usize] = 1;
-    t[b'<' as usize] = 1;
-    t[b'>' as usize] = 1;
-    t[b'&' as usize] = 1;
-    t[0xE2] = 1; // may start U+2028 / U+2029
-    t
-};
-
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Writes `s` as a JSON string. Invalid UTF-8 becomes U+FFFD, as in Go.
@@ -147,46 +131,15 @@ pub fn write_str(out: &mut Vec<u8>, s: &[u8]) {
     }
 }
 
-const LO: u64 = 0x0101_0101_0101_0101;
-const HI: u64 = 0x8080_8080_8080_8080;
-
-#[inline]
-fn has_zero_byte(v: u64) -> bool {
-    v.wrapping_sub(LO) & !v & HI != 0
-}
-
-/// May any of these eight bytes need an escape? (No false negatives.)
-#[inline]
-fn maybe_escape(v: u64) -> bool {
-    v.wrapping_sub(LO * 0x20) & !v & HI != 0
-        || has_zero_byte(v ^ (LO * b'"' as u64))
-        || has_zero_byte(v ^ (LO * b'\\' as u64))
-        || has_zero_byte(v ^ (LO * b'<' as u64))
-        || has_zero_byte(v ^ (LO * b'>' as u64))
-        || has_zero_byte(v ^ (LO * b'&' as u64))
-        || has_zero_byte(v ^ (LO * 0xE2))
-}
-
 fn write_valid_str(out: &mut Vec<u8>, s: &[u8]) {
     out.reserve(s.len() + 2);
     out.push(b'"');
     let mut start = 0;
-    let mut i = 0;
+    let mut i = scan::escape_candidate(s, 0);
     while i < s.len() {
-        // Skip eight bytes at a time while none can need an escape.
-        if let Some(c) = s.get(i..i + 8) {
-            let v = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-            if !maybe_escape(v) {
-                i += 8;
-                continue;
-            }
-        }
         let b = s[i];
-        if ESCAPE[b as usize] == 0 {
-            i += 1;
-            continue;
-        }
         if b == 0xE2 {
+            // U+2028 / U+2029 (E2 80 A8 / E2 80 A9) are escaped, as Go does.
             if s.get(i + 1) == Some(&0x80) && matches!(s.get(i + 2), Some(0xA8 | 0xA9)) {
                 out.extend_from_slice(&s[start..i]);
                 out.extend_from_slice(if s[i + 2] == 0xA8 {
@@ -199,26 +152,28 @@ fn write_valid_str(out: &mut Vec<u8>, s: &[u8]) {
             } else {
                 i += 1;
             }
-            continue;
+        } else {
+            out.extend_from_slice(&s[start..i]);
+            match b {
+                b'"' => out.extend_from_slice(b"\\\""),
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                b'\t' => out.extend_from_slice(b"\\t"),
+                // Control characters, '<', '>', '&'.
+                _ => out.extend_from_slice(&[
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[(b >> 4) as usize],
+                    HEX[(b & 15) as usize],
+                ]),
+            }
+            i += 1;
+            start = i;
         }
-        out.extend_from_slice(&s[start..i]);
-        match b {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            _ => out.extend_from_slice(&[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX[(b >> 4) as usize],
-                HEX[(b & 15) as usize],
-            ]),
-        }
-        i += 1;
-        start = i;
+        i = scan::escape_candidate(s, i);
     }
     out.extend_from_slice(&s[start..]);
     out.push(b'"');

@@ -1,0 +1,175 @@
+//! Byte scanners for the two JSON hot loops: the encoder looking for the end
+//! of a string (RFC 8259 §7) and the receiver looking for bytes it must
+//! escape. Sixteen bytes at a time with SSE2 (part of every x86_64 CPU),
+//! one at a time elsewhere; both answer exactly what the one-byte
+//! definitions below say (property-tested against them). (AVX2 with
+//! run-time detection was tried: the strings of audit events are mostly
+//! short, and the detection cost more than the wider blocks saved.)
+
+/// Does the encoder have to look closer at `b`: a quote, a backslash, a
+/// control character (invalid in a JSON string) or a non-ASCII byte (UTF-8
+/// to validate)?
+#[inline]
+pub fn is_string_special(b: u8) -> bool {
+    b == b'"' || b == b'\\' || !(0x20..0x80).contains(&b)
+}
+
+/// Does the receiver have to look closer at `b` when writing it in a JSON
+/// string: a quote, a backslash, a control character, `<`, `>` or `&`
+/// (escaped like Go's encoder does) or 0xE2 (may start U+2028/U+2029)?
+#[inline]
+pub fn is_escape_candidate(b: u8) -> bool {
+    matches!(b, b'"' | b'\\' | b'<' | b'>' | b'&' | 0xE2) || b < 0x20
+}
+
+/// Index of the first byte at or after `from` with [`is_string_special`],
+/// or `s.len()`.
+#[inline]
+pub fn string_special(s: &[u8], from: usize) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        sse2::string_special(s, from)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        scalar(s, from, is_string_special)
+    }
+}
+
+/// Index of the first byte at or after `from` with [`is_escape_candidate`],
+/// or `s.len()`.
+#[inline]
+pub fn escape_candidate(s: &[u8], from: usize) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        sse2::escape_candidate(s, from)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        scalar(s, from, is_escape_candidate)
+    }
+}
+
+#[inline]
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+fn scalar(s: &[u8], from: usize, hit: fn(u8) -> bool) -> usize {
+    s.get(from..)
+        .and_then(|t| t.iter().position(|&b| hit(b)))
+        .map_or(s.len(), |i| from + i)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod sse2 {
+    use std::arch::x86_64::*;
+
+    /// Runs `mask` over 16-byte blocks from `from`, then the tail byte by
+    /// byte with `hit`.
+    #[inline(always)]
+    fn find(s: &[u8], from: usize, mask: fn(__m128i) -> i32, hit: fn(u8) -> bool) -> usize {
+        let mut i = from;
+        while i + 16 <= s.len() {
+            // SAFETY: `i + 16 <= s.len()`, so the 16 bytes read are inside
+            // `s`; `loadu` has no alignment requirement.
+            let v = unsafe { _mm_loadu_si128(s.as_ptr().add(i).cast()) };
+            let m = mask(v);
+            if m != 0 {
+                return i + m.trailing_zeros() as usize;
+            }
+            i += 16;
+        }
+        while i < s.len() {
+            if hit(s[i]) {
+                return i;
+            }
+            i += 1;
+        }
+        s.len()
+    }
+
+    // SAFETY (the `unsafe` blocks below): the intrinsics are SSE2, which
+    // every x86_64 CPU has (it is in the target's baseline features).
+
+    #[inline(always)]
+    fn string_mask(v: __m128i) -> i32 {
+        unsafe {
+            let q = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
+            let b = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
+            // Signed compare: bytes >= 0x80 are negative, so this is
+            // "< 0x20 or >= 0x80".
+            let c = _mm_cmplt_epi8(v, _mm_set1_epi8(0x20));
+            _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(q, b), c))
+        }
+    }
+
+    #[inline(always)]
+    fn escape_mask(v: __m128i) -> i32 {
+        unsafe {
+            let eq = |c: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8));
+            // Unsigned v <= 0x1f: max(v, 0x1f) == 0x1f.
+            let lim = _mm_set1_epi8(0x1f);
+            let ctl = _mm_cmpeq_epi8(_mm_max_epu8(v, lim), lim);
+            let a = _mm_or_si128(_mm_or_si128(eq(b'"'), eq(b'\\')), ctl);
+            let b = _mm_or_si128(_mm_or_si128(eq(b'<'), eq(b'>')), eq(b'&'));
+            _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(a, b), eq(0xE2)))
+        }
+    }
+
+    pub fn string_special(s: &[u8], from: usize) -> usize {
+        find(s, from, string_mask, super::is_string_special)
+    }
+
+    pub fn escape_candidate(s: &[u8], from: usize) -> usize {
+        find(s, from, escape_mask, super::is_escape_candidate)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn slow(s: &[u8], from: usize, hit: fn(u8) -> bool) -> usize {
+        (from..s.len()).find(|&i| hit(s[i])).unwrap_or(s.len())
+    }
+
+    #[test]
+    fn every_byte_value_in_every_lane() {
+        for b in 0..=255u8 {
+            for pos in 0..80 {
+                let mut s = vec![b'a'; 80];
+                s[pos] = b;
+                for from in [0, 1, 15, 16, 17, 31, 32, 33, 47] {
+                    assert_eq!(
+                        string_special(&s, from),
+                        slow(&s, from, is_string_special),
+                        "byte {b:#x} at {pos} from {from}"
+                    );
+                    assert_eq!(
+                        escape_candidate(&s, from),
+                        slow(&s, from, is_escape_candidate),
+                        "byte {b:#x} at {pos} from {from}"
+                    );
+                    #[cfg(target_arch = "x86_64")]
+                    {
+                        assert_eq!(
+                            sse2::string_special(&s, from),
+                            slow(&s, from, is_string_special)
+                        );
+                        assert_eq!(
+                            sse2::escape_candidate(&s, from),
+                            slow(&s, from, is_escape_candidate)
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn same_answer_as_the_definition(s in proptest::collection::vec(any::<u8>(), 0..200), from in 0usize..210) {
+            prop_assert_eq!(string_special(&s, from), slow(&s, from, is_string_special));
+            prop_assert_eq!(escape_candidate(&s, from), slow(&s, from, is_escape_candidate));
+        }
+    }
+}
