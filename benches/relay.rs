@@ -124,27 +124,235 @@ fn throughput_with(
     if !selected(name) {
         return;
     }
-    for e in std::fs::read_dir(state).into_iter().flatten().flatten() {
-        if e.file_name().to_string_lossy().starts_with("checkpoint-") {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
-    let (mut rx, port) = receiver_with("null", rx_extra);
-    let t0 = Instant::now();
-    let mut f = forward(log, state, port, extra, true);
-    let fu = wait_usage(&mut f);
-    let wall = t0.elapsed();
-    let _ = Command::new("kill").arg(rx.id().to_string()).status();
-    let ru = wait_usage(&mut rx);
-    let n = events as f64;
+    // Median of BENCH_RUNS runs (by forwarder CPU): this VM's neighbours
+    // make single runs vary by up to 30 %.
+    let mut runs: Vec<[f64; 6]> = (0..bench_runs())
+        .map(|_| {
+            for e in std::fs::read_dir(state).into_iter().flatten().flatten() {
+                if e.file_name().to_string_lossy().starts_with("checkpoint-") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+            let (mut rx, port) = receiver_with("null", rx_extra);
+            let t0 = Instant::now();
+            let mut f = forward(log, state, port, extra, true);
+            let fu = wait_usage(&mut f);
+            let wall = t0.elapsed();
+            let _ = Command::new("kill").arg(rx.id().to_string()).status();
+            let ru = wait_usage(&mut rx);
+            let n = events as f64;
+            [
+                n / wall.as_secs_f64(),
+                bytes as f64 / 1e6 / wall.as_secs_f64(),
+                fu.cpu.as_secs_f64() * 1e6 / n,
+                ru.cpu.as_secs_f64() * 1e6 / n,
+                fu.max_rss_kb as f64 / 1024.0,
+                ru.max_rss_kb as f64 / 1024.0,
+            ]
+        })
+        .collect();
+    runs.sort_by(|a, b| a[2].total_cmp(&b[2]));
+    row(name, &runs[runs.len() / 2]);
+}
+
+fn bench_runs() -> usize {
+    std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if std::env::args().any(|a| a == "--bench") {
+            3
+        } else {
+            1
+        })
+        .max(1)
+}
+
+fn row(name: &str, r: &[f64; 6]) {
     println!(
         "| {name:<28} | {:>9.0} | {:>7.1} | {:>6.2} | {:>6.2} | {:>6.1} | {:>6.1} |",
-        n / wall.as_secs_f64(),
-        bytes as f64 / 1e6 / wall.as_secs_f64(),
-        fu.cpu.as_secs_f64() * 1e6 / n,
-        ru.cpu.as_secs_f64() * 1e6 / n,
-        fu.max_rss_kb as f64 / 1024.0,
-        ru.max_rss_kb as f64 / 1024.0,
+        r[0], r[1], r[2], r[3], r[4], r[5]
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// `audit_forwarder_receiver_events_total` from the receiver's /metrics.
+fn received(http_port: u16) -> Option<u64> {
+    use std::io::Read;
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", http_port)).ok()?;
+    c.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    c.read_to_string(&mut body).ok()?;
+    body.lines()
+        .find(|l| l.starts_with("audit_forwarder_receiver_events_total"))?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The same data through fluent-bit (`in_tail` with the JSON parser →
+/// `out_forward` with acks) into our receiver, measured the same way, when
+/// tests/interop/fluent-bit/build.sh has built it into target/fluent-bit.
+/// fluent-bit has no one-shot mode: it runs until the receiver counted
+/// every event.
+fn fluent_bit(name: &str, log: &Path, events: usize, bytes: u64, dir: &Path) {
+    if !selected(name) {
+        return;
+    }
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fluent-bit/bin/fluent-bit");
+    if !bin.is_file() {
+        println!("| {name:<28} | (skipped: run tests/interop/fluent-bit/build.sh first) |");
+        return;
+    }
+    let version = Command::new(&bin)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let mut runs: Vec<[f64; 6]> = Vec::new();
+    for k in 0..bench_runs() {
+        let http = free_port();
+        let (mut rx, port) = receiver_with(
+            "null",
+            &["--set", &format!("http_listen=\"127.0.0.1:{http}\"")],
+        );
+        let parsers = dir.join("parsers.conf");
+        std::fs::write(&parsers, "[PARSER]\n    Name json\n    Format json\n").unwrap();
+        // The issue's "tuned" settings: 0.2 s flush, 256 KB tail buffer.
+        let conf = dir.join(format!("fluent-bit-{k}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "[SERVICE]\n    Flush 0.2\n    Grace 1\n    Log_Level error\n    Parsers_File {}\n\
+                 [INPUT]\n    Name tail\n    Path {}\n    Parser json\n    Read_from_Head On\n    \
+                 Buffer_Chunk_Size 256k\n    Buffer_Max_Size 4m\n    Skip_Long_Lines On\n\
+                 [OUTPUT]\n    Name forward\n    Match *\n    Host 127.0.0.1\n    Port {port}\n    \
+                 Require_ack_response On\n",
+                parsers.display(),
+                log.display()
+            ),
+        )
+        .unwrap();
+        let t0 = Instant::now();
+        let mut fb = Command::new(&bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("fluent-bit");
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let mut got = 0;
+        while got < events as u64 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            got = received(http).unwrap_or(got);
+        }
+        let wall = t0.elapsed();
+        let _ = Command::new("kill").arg(fb.id().to_string()).status();
+        let fu = wait_usage(&mut fb);
+        let _ = Command::new("kill").arg(rx.id().to_string()).status();
+        let ru = wait_usage(&mut rx);
+        if got < events as u64 {
+            println!("| {name:<28} | (only {got} of {events} events arrived in 300 s) |");
+            return;
+        }
+        let n = events as f64;
+        runs.push([
+            n / wall.as_secs_f64(),
+            bytes as f64 / 1e6 / wall.as_secs_f64(),
+            fu.cpu.as_secs_f64() * 1e6 / n,
+            ru.cpu.as_secs_f64() * 1e6 / n,
+            fu.max_rss_kb as f64 / 1024.0,
+            ru.max_rss_kb as f64 / 1024.0,
+        ]);
+    }
+    runs.sort_by(|a, b| a[2].total_cmp(&b[2]));
+    row(name, &runs[runs.len() / 2]);
+    if !version.is_empty() {
+        println!("|   ({version}; events/s includes its 0.2 s flush interval) | | | | | | |");
+    }
+}
+
+/// One event of `size` bytes (a RequestResponse event with a big
+/// responseObject) through forward → receive: the forwarder's peak RSS
+/// against the event's size (the issue's bound: twice the size plus the
+/// baseline).
+fn big_event(size: usize, dir: &Path) {
+    if !selected("big event") {
+        return;
+    }
+    // Written in pieces: the bench must not hold the event in memory, as a
+    // child's peak RSS (wait4) counts the parent's pages it started with.
+    let log = dir.join("big.log");
+    {
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&log).unwrap());
+        w.write_all(
+            br#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"RequestResponse","auditID":"big-1","stage":"ResponseComplete","requestURI":"/api/v1/configmaps","verb":"list","user":{"username":"admin"},"stageTimestamp":"2026-11-24T00:00:00.000000Z","responseObject":{"kind":"ConfigMapList","items":[{"data":{"blob":""#,
+        )
+        .unwrap();
+        let block = [b'x'; 1 << 16];
+        let mut left = size.saturating_sub(400);
+        while left > 0 {
+            let n = left.min(block.len());
+            w.write_all(&block[..n]).unwrap();
+            left -= n;
+        }
+        w.write_all(b"\"}}]}}\n").unwrap();
+        w.flush().unwrap();
+    }
+    let size = std::fs::metadata(&log).unwrap().len();
+    let state = dir.join("big-state");
+    let mb = |b: f64| b / 1024.0 / 1024.0;
+    let run = |log: &Path| {
+        let _ = std::fs::remove_dir_all(&state);
+        let http = free_port();
+        let listen = format!("http_listen=\"127.0.0.1:{http}\"");
+        let (mut rx, port) = receiver_with(
+            "null",
+            &[
+                "--set",
+                "receive.max_frame_bytes=104857600",
+                "--set",
+                &listen,
+            ],
+        );
+        let limits = [
+            "--set",
+            "tail.max_line_bytes=104857600",
+            "--set",
+            "output.max_record_bytes=104857600",
+        ];
+        let mut f = forward(log, &state, port, &limits, true);
+        let fu = wait_usage(&mut f);
+        let got = received(http);
+        let _ = Command::new("kill").arg(rx.id().to_string()).status();
+        let ru = wait_usage(&mut rx);
+        (fu, ru, got)
+    };
+    let empty = dir.join("big-empty.log");
+    std::fs::write(&empty, "").unwrap();
+    let (base, _, _) = run(&empty);
+    let (fu, ru, got) = run(&log);
+    let base_mb = mb(base.max_rss_kb as f64 * 1024.0);
+    let peak_mb = mb(fu.max_rss_kb as f64 * 1024.0);
+    println!(
+        "one {:.1} MB event ({} received): forwarder peak RSS {peak_mb:.1} MB (baseline {base_mb:.1} MB, bound 2 × size + baseline = {:.1} MB: {}), receiver peak RSS {:.1} MB",
+        mb(size as f64),
+        got.unwrap_or(0),
+        2.0 * mb(size as f64) + base_mb,
+        if peak_mb <= 2.0 * mb(size as f64) + base_mb {
+            "within"
+        } else {
+            "OVER"
+        },
+        mb(ru.max_rss_kb as f64 * 1024.0),
     );
 }
 
@@ -461,7 +669,11 @@ fn main() {
             let _ = p.0.wait();
         }
     }
+    for (name, log, bytes) in logs.iter().filter(|(n, _, _)| *n == "metadata") {
+        fluent_bit(&format!("{name} fluent-bit"), log, events, *bytes, d.path());
+    }
     println!();
+    big_event(env("BENCH_BIG_EVENT_MB", 50, 2) << 20, d.path());
     if selected("latency") {
         latency(2000, rate_secs);
     }

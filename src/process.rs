@@ -5,7 +5,7 @@
 
 use crate::config::OnInvalid;
 use crate::filter::apply::{self, Outcome};
-use crate::filter::chain::{Chain, Item, record_json};
+use crate::filter::chain::{Chain, Item, Pool, record_json};
 use crate::filter::policy::Policy;
 use crate::forward::batch::{Batcher, Chunk};
 use crate::forward::encode::Transcoder;
@@ -41,6 +41,8 @@ struct Filters {
     chain: Chain,
     queue: Vec<Queued>,
     items: Vec<Item>,
+    /// Buffers of emitted items, reused for the next batch.
+    pool: Pool,
     bytes: usize,
     batch: usize,
 }
@@ -55,6 +57,9 @@ enum Queued {
     /// Dropped by the policy: only the position moves.
     Skip { file: Arc<FileInfo>, end: u64 },
 }
+
+/// Records at least this big get a batch of their own without a copy.
+const BIG_RECORD: usize = 1 << 20;
 
 /// A filter batch also closes at this many bytes of events.
 const FILTER_BATCH_BYTES: usize = 1 << 20;
@@ -91,6 +96,7 @@ impl Processor {
                 chain,
                 queue: Vec::new(),
                 items: Vec::with_capacity(batch),
+                pool: Pool::default(),
                 bytes: 0,
                 batch: batch.max(1),
             });
@@ -122,8 +128,18 @@ impl Processor {
                     self.maybe_flush()?;
                 }
                 Queued::Event { time, file, end } => match items.next() {
-                    Some(it) if !it.dropped => self.emit(time, &it.rec, &file, end)?,
-                    _ => {
+                    Some(it) => {
+                        if it.dropped {
+                            self.batcher.advance(&file, end);
+                            self.maybe_flush()?;
+                        } else {
+                            self.emit(time, &it.rec, &file, end)?;
+                        }
+                        if let Some(fq) = self.filters.as_mut() {
+                            fq.pool.recycle(it);
+                        }
+                    }
+                    None => {
                         self.batcher.advance(&file, end);
                         self.maybe_flush()?;
                     }
@@ -153,6 +169,22 @@ impl Processor {
             }
             self.batcher.push(t, record);
         }
+        self.batcher.advance(file, end);
+        self.maybe_flush()
+    }
+
+    /// Sends a big record in a batch of its own, built in its buffer.
+    fn emit_owned(
+        &mut self,
+        t: EventTime,
+        record: Vec<u8>,
+        file: &Arc<FileInfo>,
+        end: u64,
+    ) -> Result<(), Stopped> {
+        if self.batcher.has_events() {
+            seal(&mut self.batcher, &self.tx, &self.m)?;
+        }
+        self.batcher.push_owned(t, record);
         self.batcher.advance(file, end);
         self.maybe_flush()
     }
@@ -228,15 +260,16 @@ impl LineSink for Processor {
                                     let json = simdutf8::basic::from_utf8(line)
                                         .map(std::borrow::Cow::Borrowed)
                                         .unwrap_or_else(|_| String::from_utf8_lossy(line));
-                                    (self.rec.clone(), json)
+                                    (&self.rec, json)
                                 }
                                 _ => (
-                                    self.rewritten.clone(),
+                                    &self.rewritten,
                                     record_json(&self.rewritten).unwrap_or_default().into(),
                                 ),
                             };
                             fq.bytes += rec.len() + json.len();
-                            fq.items.push(Item::new(rec, &json, &fields));
+                            let item = fq.pool.item(rec, &json, &fields);
+                            fq.items.push(item);
                             fq.queue.push(Queued::Event {
                                 time: t,
                                 file: file.clone(),
@@ -261,6 +294,10 @@ impl LineSink for Processor {
                     Outcome::Keep => std::mem::take(&mut self.rec),
                     Outcome::Rewritten => std::mem::take(&mut self.rewritten),
                 };
+                if record.len() >= BIG_RECORD && record.len() <= self.max_record {
+                    // Not copied into the batch: its buffer becomes the batch.
+                    return self.emit_owned(t, record, file, end);
+                }
                 let r = self.emit(t, &record, file, end);
                 // Give the buffer back for reuse.
                 match outcome {

@@ -56,6 +56,46 @@ impl Item {
     }
 }
 
+/// Buffers of emitted items, kept for the next batch so that an event
+/// costs no allocation on its way into the chain.
+#[derive(Default)]
+pub struct Pool {
+    recs: Vec<Vec<u8>>,
+    texts: Vec<String>,
+}
+
+/// Buffers larger than this are freed rather than kept.
+const POOL_BUFFER_MAX: usize = 64 << 10;
+/// At most this many buffers of each kind are kept.
+const POOL_MAX: usize = 1024;
+
+impl Pool {
+    /// [`Item::new`] with a copy of `rec`, in reused buffers.
+    pub fn item(&mut self, rec: &[u8], json: &str, f: &Fields<'_>) -> Item {
+        let mut r = self.recs.pop().unwrap_or_default();
+        r.clear();
+        r.extend_from_slice(rec);
+        Item {
+            rec: r,
+            seen: Some(Seen::build(self.texts.pop().unwrap_or_default(), json, f)),
+            dropped: false,
+        }
+    }
+
+    /// Takes back the buffers of an item that has been emitted.
+    pub fn recycle(&mut self, it: Item) {
+        if self.recs.len() < POOL_MAX && it.rec.capacity() <= POOL_BUFFER_MAX {
+            self.recs.push(it.rec);
+        }
+        if let Some(s) = it.seen
+            && self.texts.len() < POOL_MAX
+            && s.text.capacity() <= POOL_BUFFER_MAX
+        {
+            self.texts.push(s.text);
+        }
+    }
+}
+
 /// What a filter sees of one event, owned: the JSON text and the copied-out
 /// fields in one buffer (two allocations per event instead of one per
 /// field); [`Seen::view`] lends it to the guest call as a WIT `event`.
@@ -69,6 +109,11 @@ struct Seen {
 
 impl Seen {
     fn new(json: &str, f: &Fields<'_>) -> Seen {
+        Seen::build(String::new(), json, f)
+    }
+
+    /// Like [`Seen::new`], writing into `text` (cleared first).
+    fn build(mut text: String, json: &str, f: &Fields<'_>) -> Seen {
         let o = f.object_ref.as_ref();
         fn d<'b>(v: &'b Option<std::borrow::Cow<'_, str>>) -> &'b str {
             v.as_deref().unwrap_or_default()
@@ -89,7 +134,8 @@ impl Seen {
         ];
         let len = parts.iter().map(|p| p.len()).sum::<usize>()
             + f.groups.iter().map(|g| g.len()).sum::<usize>();
-        let mut text = String::with_capacity(len);
+        text.clear();
+        text.reserve(len);
         let mut put = |p: &str| {
             let start = text.len() as u32;
             text.push_str(p);
@@ -144,33 +190,51 @@ pub fn record_json(rec: &[u8]) -> Result<String, String> {
 pub fn splice(rec: &[u8], fields: &[(&str, &[u8])], out: &mut Vec<u8>) -> Result<(), ReadError> {
     let mut r = MsgReader::new(rec);
     let n = r.read_map_len()? as usize;
-    let mut entries = Vec::with_capacity(n);
+    // One pass, no allocation for up to 64 fields. The header is map16
+    // (map32 when needed) like the transcoder's, patched at the end.
+    let mut small = [false; 64];
+    let mut big = Vec::new();
+    let found: &mut [bool] = if fields.len() <= small.len() {
+        &mut small[..fields.len()]
+    } else {
+        big.resize(fields.len(), false);
+        &mut big
+    };
+    let last = |k: &[u8]| fields.iter().rposition(|(f, _)| f.as_bytes() == k);
+    out.clear();
+    let wide = n + fields.len() > 0xffff;
+    out.extend_from_slice(if wide {
+        &[0xdf, 0, 0, 0, 0][..]
+    } else {
+        &[0xde, 0, 0][..]
+    });
+    let mut count = 0u32;
     for _ in 0..n {
         let start = r.pos();
         let key = r.read_str_bytes()?;
         r.skip_value()?;
-        entries.push((key, start..r.pos()));
-    }
-    let last = |k: &[u8]| fields.iter().rposition(|(f, _)| f.as_bytes() == k);
-    let mut added: Vec<usize> = (0..fields.len())
-        .filter(|&i| last(fields[i].0.as_bytes()) == Some(i))
-        .filter(|&i| !entries.iter().any(|(k, _)| *k == fields[i].0.as_bytes()))
-        .collect();
-    added.sort_unstable();
-    out.clear();
-    let _ = rmp::encode::write_map_len(out, (n + added.len()) as u32);
-    for (k, span) in &entries {
-        match last(k) {
+        match last(key) {
             Some(i) => {
-                crate::forward::protocol::write_str(out, k);
+                found[i] = true;
+                crate::forward::protocol::write_str(out, key);
                 out.extend_from_slice(fields[i].1);
             }
-            None => out.extend_from_slice(&rec[span.clone()]),
+            None => out.extend_from_slice(&rec[start..r.pos()]),
+        }
+        count += 1;
+    }
+    for (i, (k, v)) in fields.iter().enumerate() {
+        // New keys, each at its last occurrence.
+        if !found[i] && last(k.as_bytes()) == Some(i) {
+            crate::forward::protocol::write_str(out, k.as_bytes());
+            out.extend_from_slice(v);
+            count += 1;
         }
     }
-    for i in added {
-        crate::forward::protocol::write_str(out, fields[i].0.as_bytes());
-        out.extend_from_slice(fields[i].1);
+    if wide {
+        out[1..5].copy_from_slice(&count.to_be_bytes());
+    } else {
+        out[1..3].copy_from_slice(&(count as u16).to_be_bytes());
     }
     Ok(())
 }
@@ -562,5 +626,23 @@ mod tests {
             r#"{"kind":"Event","verb":"list","user":{"username":"a"},"clusterID":"shoot--a","n":{"x":[1,2]}}"#
         );
         assert!(splice(b"\x01", &[], &mut out).is_err());
+    }
+
+    #[test]
+    fn splice_with_more_fields_than_the_fast_path_holds() {
+        let rec = enc(r#"{"a":1,"k7":"old"}"#);
+        let keys: Vec<String> = (0..100).map(|i| format!("k{i}")).collect();
+        let one = [0x01u8];
+        let fields: Vec<(&str, &[u8])> = keys.iter().map(|k| (k.as_str(), &one[..])).collect();
+        let mut out = Vec::new();
+        splice(&rec, &fields, &mut out).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&record_json(&out).unwrap()).unwrap();
+        let m = v.as_object().unwrap();
+        assert_eq!(m.len(), 101);
+        assert_eq!(m["k7"], 1);
+        assert_eq!(m["a"], 1);
+        // "k7" stays where it was, the new keys follow in order.
+        let order: Vec<&str> = m.keys().map(String::as_str).take(3).collect();
+        assert_eq!(order, ["a", "k7", "k0"]);
     }
 }

@@ -431,7 +431,10 @@ impl Tail {
             } else {
                 // One partial line fills the buffer: grow it (a longer line
                 // than max_line_bytes is discarded by split_lines first).
-                let target = (self.buf.len() * 2)
+                // By one read buffer at a time: the Vec's capacity still
+                // grows geometrically, but only what is read gets touched,
+                // so a 50 MB line costs 50 MB, not the next power of two.
+                let target = (self.buf.len() + self.cfg.read_buffer.max(4096))
                     .min(self.cfg.max_line_bytes.saturating_add(2))
                     .max(self.buf.len() + 4096);
                 self.buf.resize(target, 0);
