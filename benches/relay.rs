@@ -140,15 +140,7 @@ fn throughput_with(
             let wall = t0.elapsed();
             let _ = Command::new("kill").arg(rx.id().to_string()).status();
             let ru = wait_usage(&mut rx);
-            let n = events as f64;
-            [
-                n / wall.as_secs_f64(),
-                bytes as f64 / 1e6 / wall.as_secs_f64(),
-                fu.cpu.as_secs_f64() * 1e6 / n,
-                ru.cpu.as_secs_f64() * 1e6 / n,
-                fu.max_rss_kb as f64 / 1024.0,
-                ru.max_rss_kb as f64 / 1024.0,
-            ]
+            figures(events, bytes, wall, &fu, &ru)
         })
         .collect();
     runs.sort_by(|a, b| a[2].total_cmp(&b[2]));
@@ -165,6 +157,19 @@ fn bench_runs() -> usize {
             1
         })
         .max(1)
+}
+
+/// events/s, MB/s, sender and receiver CPU µs/event, their peak RSS (MB).
+fn figures(events: usize, bytes: u64, wall: Duration, fu: &Usage, ru: &Usage) -> [f64; 6] {
+    let n = events as f64;
+    [
+        n / wall.as_secs_f64(),
+        bytes as f64 / 1e6 / wall.as_secs_f64(),
+        fu.cpu.as_secs_f64() * 1e6 / n,
+        ru.cpu.as_secs_f64() * 1e6 / n,
+        fu.max_rss_kb as f64 / 1024.0,
+        ru.max_rss_kb as f64 / 1024.0,
+    ]
 }
 
 fn row(name: &str, r: &[f64; 6]) {
@@ -263,15 +268,7 @@ fn fluent_bit(name: &str, log: &Path, events: usize, bytes: u64, dir: &Path) {
             println!("| {name:<28} | (only {got} of {events} events arrived in 300 s) |");
             return;
         }
-        let n = events as f64;
-        runs.push([
-            n / wall.as_secs_f64(),
-            bytes as f64 / 1e6 / wall.as_secs_f64(),
-            fu.cpu.as_secs_f64() * 1e6 / n,
-            ru.cpu.as_secs_f64() * 1e6 / n,
-            fu.max_rss_kb as f64 / 1024.0,
-            ru.max_rss_kb as f64 / 1024.0,
-        ]);
+        runs.push(figures(events, bytes, wall, &fu, &ru));
     }
     runs.sort_by(|a, b| a[2].total_cmp(&b[2]));
     row(name, &runs[runs.len() / 2]);
