@@ -454,6 +454,19 @@ fn rotated_files_deleted_by_maxbackup_while_the_reader_waits_are_not_lost() {
     let f = spawn_forward(&args);
     f.wait_log("forward connection failed");
     let pid = f.child.id();
+    // The reader must be inside the first file before it is rotated: a
+    // fresh start reads the file that is live when the tail opens it, so a
+    // rotation before that open would leave the first file out (this raced
+    // under CI load: 320 of 520 lines, all of the first file missing).
+    let live = log.display().to_string();
+    let deadline = std::time::Instant::now() + WAIT;
+    while !open_files(pid).contains(&live) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{live} was never opened"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let mut rotated = vec![w.rotate()];
     for _ in 0..6 {
         w.write(50);
