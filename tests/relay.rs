@@ -431,6 +431,20 @@ fn open_files(pid: u32) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Waits (bounded) until process `pid` has `path` open (the fd table is the
+/// condition, no sleeps as synchronisation).
+fn wait_open(pid: u32, path: &str) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !open_files(pid).iter().any(|p| p == path) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{path} was never opened: {:?}",
+            open_files(pid)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// Regression: with the receiver away, the reader waits inside one rotated
 /// file while the apiserver rotates on and deletes its oldest files
 /// (`--audit-log-maxbackup`); the files after the one being read were lost
@@ -458,31 +472,14 @@ fn rotated_files_deleted_by_maxbackup_while_the_reader_waits_are_not_lost() {
     // fresh start reads the file that is live when the tail opens it, so a
     // rotation before that open would leave the first file out (this raced
     // under CI load: 320 of 520 lines, all of the first file missing).
-    let live = log.display().to_string();
-    let deadline = std::time::Instant::now() + WAIT;
-    while !open_files(pid).contains(&live) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{live} was never opened"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    wait_open(pid, &log.display().to_string());
     let mut rotated = vec![w.rotate()];
     for _ in 0..6 {
         w.write(50);
         let r = w.rotate();
         // The forwarder holds the new file open before the writer deletes
         // anything (no sleeps: the fd table is the condition).
-        let name = r.display().to_string();
-        let deadline = std::time::Instant::now() + WAIT;
-        while !open_files(pid).iter().any(|p| p.starts_with(&name)) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{name} was never opened: {:?}",
-                open_files(pid)
-            );
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        wait_open(pid, &r.display().to_string());
         rotated.push(r);
         // maxbackup = 2: delete the oldest rotated files.
         while rotated.len() > 2 {

@@ -1028,30 +1028,27 @@ def heads(logdir):
 def sc_rotation_storm(sc):
     maxb = 10
     rate = 2000
-    storm = 5 if sc.short else 12
+    storm_secs = 5 if sc.short else 12
     kw = dict(max_size="100KB", max_backup=maxb, rr_fraction=0.0, request_received=0.05, big_every=0)
     rcv = Receiver(sc).start()
     fwd = Forwarder(sc, "127.0.0.1", rcv.port).start()
+    def storm(name, label, **wkw):
+        """One storm with the forwarder up: every event written must arrive."""
+        w = sc.writer(name, rate=rate, duration=storm_secs, burst=200, burst_every=1.0, **wkw)
+        st = w.wait()
+        log(f"  storm {label}: {st.get('written')} events, {st.get('rotations')} rotations, {st.get('deleted', 0)} deleted")
+        ids = w.ids()
+        lost = sc.wait_received(ids, 60, f"storm {label.split()[0]}")
+        sc.check(not lost, f"{label}: {len(lost)} of {len(ids)} events lost during the storm")
+        if lost:
+            sc.explain_missing(lost)
+        return ids
+
     # Phase 0: the same storm keeping every rotated file (nothing deleted): whatever is
     # missing here is in a file still on disk.
-    w0 = sc.writer("keep", rate=rate, duration=storm, burst=200, burst_every=1.0,
-                   **dict(kw, max_backup=0))
-    s0 = w0.wait()
-    log(f"  storm 0 (forwarder up, no deletion): {s0.get('written')} events, {s0.get('rotations')} rotations")
-    ids0 = w0.ids()
-    lost0 = sc.wait_received(ids0, 60, "storm 0")
-    sc.check(not lost0, f"forwarder up, files kept: {len(lost0)} of {len(ids0)} events lost during the storm")
-    if lost0:
-        sc.explain_missing(lost0)
+    ids0 = storm("keep", "0 (forwarder up, no deletion)", **dict(kw, max_backup=0))
     # Phase 1: the forwarder is up; the storm rotates every 100 KB and deletes beyond maxbackup.
-    w1 = sc.writer("up1", rate=rate, duration=storm, burst=200, burst_every=1.0, **kw)
-    s1 = w1.wait()
-    log(f"  storm 1 (forwarder up): {s1.get('written')} events, {s1.get('rotations')} rotations, {s1.get('deleted')} deleted")
-    ids1 = w1.ids()
-    lost_up = sc.wait_received(ids1, 60, "storm 1")
-    sc.check(not lost_up, f"forwarder up: {len(lost_up)} of {len(ids1)} events lost during the storm")
-    if lost_up:
-        sc.explain_missing(lost_up)
+    ids1 = storm("up1", "1 (forwarder up)", **kw)
     m = fwd.metrics()
     sc.check(fwd.metric("gaps_total", m) == 0, f"no gap while up (gaps_total {fwd.metric('gaps_total', m):.0f})")
     forwarder_stop_check(sc, fwd)
@@ -1079,7 +1076,7 @@ def sc_rotation_storm(sc):
     lost = sc.wait_received(kept2, 60, "events of files still present after the restart")
     sc.check(not lost, f"after the restart: {len(lost)} of {len(kept2)} events of surviving files missing")
     # Phase 4: storm again with the restarted forwarder up.
-    w3 = sc.writer("up2", rate=rate, duration=storm, burst=200, burst_every=1.0, **kw)
+    w3 = sc.writer("up2", rate=rate, duration=storm_secs, burst=200, burst_every=1.0, **kw)
     w3.wait()
     ids = ids0 + ids1 + ids2 + w3.ids()
     sc.finish(ids, 60, gap_ok=frozenset(deleted))
