@@ -8,7 +8,7 @@
 
 use crate::config::{Config, OutputKind, OutputSection, SourceSpec};
 use crate::filter::policy::Policy;
-use crate::forward::batch::{BatchConfig, Batcher};
+use crate::forward::batch::{BatchConfig, Batcher, Recycler};
 use crate::forward::client::{Client, ClientConfig, ClientEnd};
 use crate::forward::server::Output;
 use crate::metrics::{Metrics, OutputMetrics};
@@ -286,6 +286,7 @@ fn output(
     );
     let waker = tail.waker();
     let proxy = o.proxy().map_err(PipelineError::Proxy)?;
+    let recycler = Recycler::new(o.max_batch_bytes);
     let mut proc = Processor::new(
         Batcher::new(BatchConfig {
             tag: o.tag.clone(),
@@ -293,6 +294,7 @@ fn output(
             max_bytes: o.max_batch_bytes,
             flush_interval: o.flush_interval,
             gzip: o.gzip.then_some(o.gzip_level),
+            recycler: recycler.clone(),
         }),
         policy,
         chunk_tx,
@@ -351,6 +353,7 @@ fn output(
                 OutputKind::Stdout => Some(Output::Stdout),
                 OutputKind::File => o.path.clone().map(Output::File),
             },
+            recycler,
         },
         m.clone(),
         chunk_rx,

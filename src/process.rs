@@ -62,7 +62,18 @@ enum Queued {
 const BIG_RECORD: usize = 1 << 20;
 
 /// A filter batch also closes at this many bytes of events.
-const FILTER_BATCH_BYTES: usize = 1 << 20;
+const FILTER_BATCH_BYTES: usize = 256 << 10;
+
+/// Per-event buffers grown past this by a big event are freed, not kept:
+/// memory between big events stays what normal events need.
+const KEEP_BUFFER_MAX: usize = 1 << 20;
+
+/// Frees `v` if a big event grew it past [`KEEP_BUFFER_MAX`].
+fn free_if_big(v: &mut Vec<u8>) {
+    if v.capacity() > KEEP_BUFFER_MAX {
+        *v = Vec::new();
+    }
+}
 
 impl Processor {
     pub fn new(
@@ -128,10 +139,13 @@ impl Processor {
                     self.maybe_flush()?;
                 }
                 Queued::Event { time, file, end } => match items.next() {
-                    Some(it) => {
+                    Some(mut it) => {
                         if it.dropped {
                             self.batcher.advance(&file, end);
                             self.maybe_flush()?;
+                        } else if it.rec.len() >= BIG_RECORD && it.rec.len() <= self.max_record {
+                            let rec = std::mem::take(&mut it.rec);
+                            self.emit_owned(time, rec, &file, end)?;
                         } else {
                             self.emit(time, &it.rec, &file, end)?;
                         }
@@ -226,6 +240,8 @@ impl LineSink for Processor {
     }
 
     fn line(&mut self, line: &[u8], file: &Arc<FileInfo>, end: u64) -> Result<(), Stopped> {
+        free_if_big(&mut self.rec);
+        free_if_big(&mut self.rewritten);
         self.rec.clear();
         match self.transcoder.encode(line, &mut self.rec) {
             Ok(fields) => {
@@ -260,12 +276,12 @@ impl LineSink for Processor {
                                     let json = simdutf8::basic::from_utf8(line)
                                         .map(std::borrow::Cow::Borrowed)
                                         .unwrap_or_else(|_| String::from_utf8_lossy(line));
-                                    (&self.rec, json)
+                                    (&mut self.rec, json)
                                 }
-                                _ => (
-                                    &self.rewritten,
-                                    record_json(&self.rewritten).unwrap_or_default().into(),
-                                ),
+                                _ => {
+                                    let json = record_json(&self.rewritten).unwrap_or_default();
+                                    (&mut self.rewritten, json.into())
+                                }
                             };
                             fq.bytes += rec.len() + json.len();
                             let item = fq.pool.item(rec, &json, &fields);

@@ -26,6 +26,30 @@ fn every_event_arrives_byte_for_byte_through_rotations() {
     }
 }
 
+/// With a 4 KiB read buffer most realistic lines are longer than it: the
+/// tail grows its buffer for them and later gives the memory back, keeping
+/// the partial line that follows, many times over.
+#[test]
+fn lines_longer_than_the_read_buffer_arrive_intact_as_the_buffer_grows_and_shrinks() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("received.jsonl");
+    let (_rx, port) = receiver(&out, &[]);
+    let log = d.path().join("audit.log");
+    let mut api = ApiServerLog::new(&log, 3, Mix::Realistic);
+    api.write(3000);
+    let mut args = forward_args(&log, &d.path().join("state"), port);
+    args.extend(["--oneshot", "--set", "tail.read_buffer_bytes=4096"].map(String::from));
+    let mut f = spawn_forward(&args);
+    assert_eq!(f.wait_exit(), 0, "{}", f.all_logs());
+    let long = api.written.iter().filter(|l| l.len() > 8 * 4096).count();
+    assert!(long > 50, "the mix has long lines: {long}");
+    let got = read_lines(&out);
+    assert_eq!(got.len(), api.written.len());
+    for (i, (g, w)) in got.iter().zip(&api.written).enumerate() {
+        assert!(g == w, "event {i} differs:\n got {g:.300}\nwant {w:.300}");
+    }
+}
+
 #[test]
 fn oneshot_reads_to_the_end_then_exits_and_resumes_without_replay() {
     let d = tempfile::tempdir().unwrap();

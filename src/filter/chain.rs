@@ -62,35 +62,46 @@ impl Item {
 pub struct Pool {
     recs: Vec<Vec<u8>>,
     texts: Vec<String>,
+    /// Capacity of the buffers kept.
+    held: usize,
 }
 
-/// Buffers larger than this are freed rather than kept.
-const POOL_BUFFER_MAX: usize = 64 << 10;
+/// Buffers larger than this are freed rather than kept,
+const POOL_BUFFER_MAX: usize = 1 << 20;
+/// and at most this many bytes of them are kept.
+const POOL_BYTES: usize = 2 << 20;
 /// At most this many buffers of each kind are kept.
 const POOL_MAX: usize = 1024;
 
 impl Pool {
-    /// [`Item::new`] with a copy of `rec`, in reused buffers.
-    pub fn item(&mut self, rec: &[u8], json: &str, f: &Fields<'_>) -> Item {
-        let mut r = self.recs.pop().unwrap_or_default();
-        r.clear();
-        r.extend_from_slice(rec);
+    /// [`Item::new`] with `rec`'s buffer, which gets an empty one from the
+    /// pool in exchange (no copy), and the text in a reused buffer.
+    pub fn item(&mut self, rec: &mut Vec<u8>, json: &str, f: &Fields<'_>) -> Item {
+        let spare = self.recs.pop().unwrap_or_default();
+        let text = self.texts.pop().unwrap_or_default();
+        self.held -= spare.capacity() + text.capacity();
         Item {
-            rec: r,
-            seen: Some(Seen::build(self.texts.pop().unwrap_or_default(), json, f)),
+            rec: std::mem::replace(rec, spare),
+            seen: Some(Seen::build(text, json, f)),
             dropped: false,
         }
     }
 
+    fn keeps(&self, cap: usize, n: usize) -> bool {
+        n < POOL_MAX && cap <= POOL_BUFFER_MAX && self.held + cap <= POOL_BYTES
+    }
+
     /// Takes back the buffers of an item that has been emitted.
-    pub fn recycle(&mut self, it: Item) {
-        if self.recs.len() < POOL_MAX && it.rec.capacity() <= POOL_BUFFER_MAX {
+    pub fn recycle(&mut self, mut it: Item) {
+        if self.keeps(it.rec.capacity(), self.recs.len()) {
+            self.held += it.rec.capacity();
+            it.rec.clear();
             self.recs.push(it.rec);
         }
         if let Some(s) = it.seen
-            && self.texts.len() < POOL_MAX
-            && s.text.capacity() <= POOL_BUFFER_MAX
+            && self.keeps(s.text.capacity(), self.texts.len())
         {
+            self.held += s.text.capacity();
             self.texts.push(s.text);
         }
     }
@@ -580,6 +591,38 @@ mod tests {
             .encode(json.as_bytes(), &mut out)
             .unwrap();
         out
+    }
+
+    #[test]
+    fn the_pool_swaps_record_buffers_and_keeps_a_bounded_amount() {
+        let mut pool = Pool::default();
+        let f = Fields::default();
+        let mut rec = b"\x80".to_vec();
+        let ptr = rec.as_ptr();
+        let it = pool.item(&mut rec, "{}", &f);
+        assert_eq!(it.rec.as_ptr(), ptr, "moved into the item, not copied");
+        assert!(rec.is_empty());
+        pool.recycle(it);
+        let mut next = b"\x81".to_vec();
+        let it = pool.item(&mut next, "{}", &f);
+        assert_eq!(next.as_ptr(), ptr, "the recycled buffer comes back");
+        pool.recycle(it);
+        // Big buffers are kept up to POOL_BYTES in all.
+        for _ in 0..10 {
+            let mut r = Vec::with_capacity(POOL_BUFFER_MAX);
+            let it = pool.item(&mut r, "{}", &f);
+            pool.recycle(it);
+            pool.recycle(Item {
+                rec: r,
+                seen: None,
+                dropped: false,
+            });
+        }
+        let held: usize = pool.recs.iter().map(Vec::capacity).sum::<usize>()
+            + pool.texts.iter().map(String::capacity).sum::<usize>();
+        assert_eq!(held, pool.held);
+        assert!(held <= POOL_BYTES, "{held}");
+        assert!(pool.recs.iter().any(|r| r.capacity() == POOL_BUFFER_MAX));
     }
 
     /// Regression: the scratch buffer was not cleared between values, so a

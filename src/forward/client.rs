@@ -47,6 +47,8 @@ pub struct ClientConfig {
     pub security: Option<crate::forward::auth::ClientSecurity>,
     /// Reach every server through this HTTP CONNECT proxy.
     pub proxy: Option<crate::transport::proxy::Proxy>,
+    /// Acknowledged chunks' buffers go back to the batcher through this.
+    pub recycler: super::batch::Recycler,
 }
 
 impl ClientConfig {
@@ -599,6 +601,7 @@ impl Client {
                     self.m.last_acked_ts.set(t.as_f64());
                 }
                 moved = Some(s.chunk.end);
+                self.cfg.recycler.give(s.chunk.payload);
             }
         }
         if let Some(p) = moved {

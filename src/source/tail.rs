@@ -130,10 +130,18 @@ pub struct Tail {
     buf_off: u64,
     /// Bytes of an oversize line discarded so far.
     skipping: Option<u64>,
+    /// Reads since the buffer last grew for a long line.
+    reads_since_grow: u32,
     warn_open: RateLimit,
     warn_read: RateLimit,
     warn_oversize: RateLimit,
 }
+
+/// A buffer grown for a long line is shrunk back after this many reads
+/// without another long line,
+const KEEP_GROWN_READS: u32 = 64;
+/// or at once if it is more than this many read buffers.
+const KEEP_GROWN_MAX: usize = 8;
 
 impl Tail {
     pub fn new(cfg: TailConfig, m: OutputMetrics, stop: Arc<AtomicBool>) -> Self {
@@ -158,6 +166,7 @@ impl Tail {
             scan: 0,
             buf_off: 0,
             skipping: None,
+            reads_since_grow: 0,
             warn_open: RateLimit::default(),
             warn_read: RateLimit::default(),
             warn_oversize: RateLimit::default(),
@@ -413,13 +422,23 @@ impl Tail {
         let Some(cur) = self.cur.as_mut() else {
             return Ok(0);
         };
-        if self.start == self.end && self.buf.len() > self.cfg.read_buffer.max(4096) {
-            // Give back the memory a long line needed.
-            self.buf_off += self.end as u64;
+        let base = self.cfg.read_buffer.max(4096);
+        self.reads_since_grow = self.reads_since_grow.saturating_add(1);
+        if self.buf.len() > base
+            && self.end - self.start <= base / 2
+            && (self.reads_since_grow > KEEP_GROWN_READS || self.buf.len() > KEEP_GROWN_MAX * base)
+        {
+            // Give back the memory a long line needed, keeping the partial
+            // line that follows it (data keeps coming, so the buffer is
+            // rarely empty). A moderately grown buffer is kept while long
+            // lines keep coming: growing it again costs a zero-fill.
+            let mut b = vec![0; base];
+            b[..self.end - self.start].copy_from_slice(&self.buf[self.start..self.end]);
+            self.buf = b;
+            self.buf_off += self.start as u64;
+            self.end -= self.start;
+            self.scan -= self.start;
             self.start = 0;
-            self.end = 0;
-            self.scan = 0;
-            self.buf = vec![0; self.cfg.read_buffer.max(4096)];
         }
         if self.end == self.buf.len() {
             if self.start > 0 {
@@ -434,10 +453,11 @@ impl Tail {
                 // By one read buffer at a time: the Vec's capacity still
                 // grows geometrically, but only what is read gets touched,
                 // so a 50 MB line costs 50 MB, not the next power of two.
-                let target = (self.buf.len() + self.cfg.read_buffer.max(4096))
+                let target = (self.buf.len() + base)
                     .min(self.cfg.max_line_bytes.saturating_add(2))
                     .max(self.buf.len() + 4096);
                 self.buf.resize(target, 0);
+                self.reads_since_grow = 0;
             }
         }
         let n = cur.rd.read(&mut self.buf[self.end..])?;
