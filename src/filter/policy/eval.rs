@@ -100,11 +100,20 @@ impl ResourcePattern {
     }
 }
 
+/// String equality without a call to libc's `bcmp`: the strings compared
+/// here are short (API groups, resources) and most often empty or of
+/// different lengths (profile of the `recommended` policy: 5 % of the
+/// forwarder's CPU was `memcmp` under `matches_resource`).
+#[inline]
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| x == y)
+}
+
 /// `pattern == resource + "/" + subresource` (or `== resource` without a
 /// subresource), without allocating.
 fn combined_eq(pattern: &str, resource: &str, subresource: &str) -> bool {
     if subresource.is_empty() {
-        return pattern == resource;
+        return same(pattern, resource);
     }
     pattern.len() == resource.len() + 1 + subresource.len()
         && pattern.starts_with(resource)
@@ -220,7 +229,7 @@ impl CompiledRule {
         }
         self.resources.iter().any(|gr| {
             // Exact group comparison: checker.go has no group wildcard.
-            if *gr.group != *obj.api_group {
+            if !same(&gr.group, obj.api_group) {
                 return false;
             }
             if gr.resources.is_empty() {
@@ -333,7 +342,21 @@ fn request_info_name(path: &str) -> &str {
     if trimmed.is_empty() {
         return "";
     }
-    let parts: Vec<&str> = trimmed.split('/').collect();
+    // Split without allocating for the usual depth (this runs per create).
+    let mut short = [""; 12];
+    let mut n = 0;
+    let mut split = trimmed.split('/');
+    for (slot, s) in short.iter_mut().zip(&mut split) {
+        *slot = s;
+        n += 1;
+    }
+    let long: Vec<&str>;
+    let parts: &[&str] = if split.next().is_some() {
+        long = trimmed.split('/').collect();
+        &long
+    } else {
+        &short[..n]
+    };
     if parts.len() < 3 {
         return "";
     }

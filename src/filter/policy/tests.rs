@@ -586,6 +586,14 @@ fn checker_name_cases() {
         ),
         ("create", "x", "", "/healthz", ""),
         ("create", "x", "", "/apis/apps/v1", ""),
+        // More parts than the split keeps on the stack: the same answer.
+        (
+            "create",
+            "x",
+            "",
+            "/api/v1/namespaces/ns/pods/foo/a/b/c/d/e/f/g/h",
+            "foo",
+        ),
         ("update", "foo", "", "/api/v1/namespaces/ns/pods/foo", "foo"),
         (
             "list",
