@@ -270,21 +270,21 @@ impl LineSink for Processor {
                             });
                         }
                         Outcome::Keep | Outcome::Rewritten => {
-                            let (rec, json) = match outcome {
+                            let (rec, json, top) = match outcome {
                                 Outcome::Keep => {
                                     // Validated by the transcoder; this check is SIMD.
                                     let json = simdutf8::basic::from_utf8(line)
                                         .map(std::borrow::Cow::Borrowed)
                                         .unwrap_or_else(|_| String::from_utf8_lossy(line));
-                                    (&mut self.rec, json)
+                                    (&mut self.rec, json, Some(&self.transcoder.top[..]))
                                 }
                                 _ => {
                                     let json = record_json(&self.rewritten).unwrap_or_default();
-                                    (&mut self.rewritten, json.into())
+                                    (&mut self.rewritten, json.into(), None)
                                 }
                             };
                             fq.bytes += rec.len() + json.len();
-                            let item = fq.pool.item(rec, &json, &fields);
+                            let item = fq.pool.item(rec, &json, &fields, top);
                             fq.items.push(item);
                             fq.queue.push(Queued::Event {
                                 time: t,

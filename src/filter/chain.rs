@@ -14,7 +14,7 @@
 //! is committed, so a restart resumes there). Each is logged and counted.
 
 use super::wasm::{Event, LoadError, Spec, Verdict, WasmFilter};
-use crate::forward::encode::{Fields, Transcoder};
+use crate::forward::encode::{Fields, TopEntry, Transcoder};
 use crate::forward::protocol::reader::{MsgReader, ReadError};
 use crate::logging::RateLimit;
 use crate::metrics::OutputMetrics;
@@ -41,6 +41,9 @@ pub struct Item {
     pub rec: Vec<u8>,
     /// What the next filter sees; `None` while it must be derived from `rec`.
     seen: Option<Seen>,
+    /// Where `rec`'s top-level entries start, then its end (from the
+    /// transcoder), so `splice` need not parse it; empty when unknown.
+    top: Vec<u32>,
     pub dropped: bool,
 }
 
@@ -51,6 +54,7 @@ impl Item {
         Item {
             rec,
             seen: Some(Seen::new(json, f)),
+            top: Vec::new(),
             dropped: false,
         }
     }
@@ -62,6 +66,7 @@ impl Item {
 pub struct Pool {
     recs: Vec<Vec<u8>>,
     texts: Vec<String>,
+    tops: Vec<Vec<u32>>,
     /// Capacity of the buffers kept.
     held: usize,
 }
@@ -75,14 +80,28 @@ const POOL_MAX: usize = 1024;
 
 impl Pool {
     /// [`Item::new`] with `rec`'s buffer, which gets an empty one from the
-    /// pool in exchange (no copy), and the text in a reused buffer.
-    pub fn item(&mut self, rec: &mut Vec<u8>, json: &str, f: &Fields<'_>) -> Item {
+    /// pool in exchange (no copy), and the text in a reused buffer. `top`:
+    /// the transcoder's entries of `rec`, if it is unchanged since.
+    pub fn item(
+        &mut self,
+        rec: &mut Vec<u8>,
+        json: &str,
+        f: &Fields<'_>,
+        top: Option<&[TopEntry]>,
+    ) -> Item {
         let spare = self.recs.pop().unwrap_or_default();
         let text = self.texts.pop().unwrap_or_default();
         self.held -= spare.capacity() + text.capacity();
+        let mut bounds = self.tops.pop().unwrap_or_default();
+        bounds.clear();
+        if let Some(t) = top.filter(|t| t.len() < 4096) {
+            bounds.extend(t.iter().map(|e| e.span.start as u32));
+            bounds.push(t.last().map_or(0, |e| e.span.end as u32));
+        }
         Item {
             rec: std::mem::replace(rec, spare),
             seen: Some(Seen::build(text, json, f)),
+            top: bounds,
             dropped: false,
         }
     }
@@ -97,6 +116,9 @@ impl Pool {
             self.held += it.rec.capacity();
             it.rec.clear();
             self.recs.push(it.rec);
+        }
+        if self.tops.len() < POOL_MAX && it.top.capacity() <= 4096 {
+            self.tops.push(it.top);
         }
         if let Some(s) = it.seen
             && self.keeps(s.text.capacity(), self.texts.len())
@@ -197,10 +219,22 @@ pub fn record_json(rec: &[u8]) -> Result<String, String> {
 
 /// Sets top-level `fields` (key, encoded value) of the msgpack map `rec`:
 /// existing keys get the new value in place, new keys are appended; the
-/// other entries are copied byte for byte. Later duplicates win.
-pub fn splice(rec: &[u8], fields: &[(&str, &[u8])], out: &mut Vec<u8>) -> Result<(), ReadError> {
+/// other entries are copied byte for byte, runs of them at once. Later
+/// duplicates win. `top`: where each entry starts, then the end (as
+/// [`Item`] keeps them), so the entries need not be parsed; ignored unless
+/// it fits `rec`.
+pub fn splice(
+    rec: &[u8],
+    top: &[u32],
+    fields: &[(&str, &[u8])],
+    out: &mut Vec<u8>,
+) -> Result<(), ReadError> {
     let mut r = MsgReader::new(rec);
     let n = r.read_map_len()? as usize;
+    let known = top.len() == n + 1
+        && top[0] as usize == r.pos()
+        && top[n] as usize == rec.len()
+        && top.windows(2).all(|w| w[0] <= w[1]);
     // One pass, no allocation for up to 64 fields. The header is map16
     // (map32 when needed) like the transcoder's, patched at the end.
     let mut small = [false; 64];
@@ -220,20 +254,33 @@ pub fn splice(rec: &[u8], fields: &[(&str, &[u8])], out: &mut Vec<u8>) -> Result
         &[0xde, 0, 0][..]
     });
     let mut count = 0u32;
-    for _ in 0..n {
-        let start = r.pos();
-        let key = r.read_str_bytes()?;
-        r.skip_value()?;
-        match last(key) {
-            Some(i) => {
-                found[i] = true;
-                crate::forward::protocol::write_str(out, key);
-                out.extend_from_slice(fields[i].1);
-            }
-            None => out.extend_from_slice(&rec[start..r.pos()]),
+    // Start of the entries not yet copied (all unchanged).
+    let mut pending = r.pos();
+    for i in 0..n {
+        let (start, key, end) = if known {
+            let (start, end) = (top[i] as usize, top[i + 1] as usize);
+            (
+                start,
+                MsgReader::new(&rec[start..end]).read_str_bytes()?,
+                end,
+            )
+        } else {
+            let start = r.pos();
+            let key = r.read_str_bytes()?;
+            r.skip_value()?;
+            (start, key, r.pos())
+        };
+        if let Some(j) = last(key) {
+            out.extend_from_slice(&rec[pending..start]);
+            pending = end;
+            found[j] = true;
+            crate::forward::protocol::write_str(out, key);
+            out.extend_from_slice(fields[j].1);
         }
         count += 1;
     }
+    let end = if known { rec.len() } else { r.pos() };
+    out.extend_from_slice(&rec[pending..end]);
     for (i, (k, v)) in fields.iter().enumerate() {
         // New keys, each at its last occurrence.
         if !found[i] && last(k.as_bytes()) == Some(i) {
@@ -416,6 +463,7 @@ impl Chain {
                     Ok(new) => {
                         std::mem::swap(&mut it.rec, &mut self.scratch);
                         it.seen = Some(new);
+                        it.top.clear();
                     }
                     Err(e) => self.bad_verdict(
                         name,
@@ -460,10 +508,11 @@ impl Chain {
                     })
                     .collect();
                 let mut out = std::mem::take(&mut self.spliced);
-                match splice(&it.rec, &enc, &mut out) {
+                match splice(&it.rec, &it.top, &enc, &mut out) {
                     Ok(()) => {
                         std::mem::swap(&mut it.rec, &mut out);
                         self.spliced = out;
+                        it.top.clear();
                         // Derived again if another filter follows.
                         it.seen = None;
                     }
@@ -599,22 +648,23 @@ mod tests {
         let f = Fields::default();
         let mut rec = b"\x80".to_vec();
         let ptr = rec.as_ptr();
-        let it = pool.item(&mut rec, "{}", &f);
+        let it = pool.item(&mut rec, "{}", &f, None);
         assert_eq!(it.rec.as_ptr(), ptr, "moved into the item, not copied");
         assert!(rec.is_empty());
         pool.recycle(it);
         let mut next = b"\x81".to_vec();
-        let it = pool.item(&mut next, "{}", &f);
+        let it = pool.item(&mut next, "{}", &f, None);
         assert_eq!(next.as_ptr(), ptr, "the recycled buffer comes back");
         pool.recycle(it);
         // Big buffers are kept up to POOL_BYTES in all.
         for _ in 0..10 {
             let mut r = Vec::with_capacity(POOL_BUFFER_MAX);
-            let it = pool.item(&mut r, "{}", &f);
+            let it = pool.item(&mut r, "{}", &f, None);
             pool.recycle(it);
             pool.recycle(Item {
                 rec: r,
                 seen: None,
+                top: Vec::new(),
                 dropped: false,
             });
         }
@@ -634,7 +684,7 @@ mod tests {
         let a = c.encode_value("\"shoot--a\"").unwrap();
         let b = c.encode_value("{\"x\":1}").unwrap();
         let mut out = Vec::new();
-        splice(&enc("{}"), &[("a", &a), ("b", &b)], &mut out).unwrap();
+        splice(&enc("{}"), &[], &[("a", &a), ("b", &b)], &mut out).unwrap();
         assert_eq!(
             record_json(&out).unwrap(),
             r#"{"a":"shoot--a","b":{"x":1}}"#
@@ -655,6 +705,7 @@ mod tests {
         let mut out = Vec::new();
         splice(
             &rec,
+            &[],
             &[
                 ("verb", &v("\"list\"")),
                 ("clusterID", &v("\"shoot--a\"")),
@@ -668,7 +719,42 @@ mod tests {
             record_json(&out).unwrap(),
             r#"{"kind":"Event","verb":"list","user":{"username":"a"},"clusterID":"shoot--a","n":{"x":[1,2]}}"#
         );
-        assert!(splice(b"\x01", &[], &mut out).is_err());
+        assert!(splice(b"\x01", &[], &[], &mut out).is_err());
+    }
+
+    /// With the transcoder's entry positions `splice` skips parsing; the
+    /// result is the same, and positions that do not fit are ignored.
+    #[test]
+    fn splice_with_known_entries_equals_splice_by_parsing() {
+        let docs = [
+            r#"{}"#,
+            r#"{"a":1}"#,
+            r#"{"kind":"Event","verb":"get","user":{"username":"a","groups":["x","y"]},"n":[1,{"b":null}],"verb":"list"}"#,
+        ];
+        let one = [0x01u8];
+        let sets: [&[(&str, &[u8])]; 4] = [
+            &[],
+            &[("verb", &one)],
+            &[("clusterID", &one), ("a", &one)],
+            &[("kind", &one), ("n", &one), ("new", &one), ("kind", &one)],
+        ];
+        for d in docs {
+            let mut rec = Vec::new();
+            let mut tc = Transcoder::default();
+            tc.encode(d.as_bytes(), &mut rec).unwrap();
+            let mut top: Vec<u32> = tc.top.iter().map(|e| e.span.start as u32).collect();
+            top.push(rec.len() as u32);
+            for f in sets {
+                let (mut want, mut got) = (Vec::new(), Vec::new());
+                splice(&rec, &[], f, &mut want).unwrap();
+                splice(&rec, &top, f, &mut got).unwrap();
+                assert_eq!(got, want, "{d} {f:?}");
+                let mut wrong = top.clone();
+                wrong.reverse();
+                splice(&rec, &wrong, f, &mut got).unwrap();
+                assert_eq!(got, want, "wrong positions ignored");
+            }
+        }
     }
 
     #[test]
@@ -678,7 +764,7 @@ mod tests {
         let one = [0x01u8];
         let fields: Vec<(&str, &[u8])> = keys.iter().map(|k| (k.as_str(), &one[..])).collect();
         let mut out = Vec::new();
-        splice(&rec, &fields, &mut out).unwrap();
+        splice(&rec, &[], &fields, &mut out).unwrap();
         let v: serde_json::Value = serde_json::from_str(&record_json(&out).unwrap()).unwrap();
         let m = v.as_object().unwrap();
         assert_eq!(m.len(), 101);
