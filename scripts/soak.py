@@ -13,7 +13,10 @@ descriptors and the forwarder's lag; at the end it checks that
 
 Samples go to target/soak/samples.csv. Not part of CI (it takes its time).
 
-    python3 scripts/soak.py [--minutes 30] [--rate 5000]
+    python3 scripts/soak.py [--minutes 30] [--rate 5000] [--set KEY=VALUE ...]
+
+`--set` is passed to the forwarder, e.g. `--set output.policy='"recommended"'
+--set output.filters='[{ wasm = "example-filters/target/wasm32-wasip2/release/add_cluster_id.wasm", config = { cluster = "c1" } }]'`.
 """
 import argparse, csv, json, os, re, signal, subprocess, sys, tempfile, time, urllib.request
 
@@ -59,6 +62,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=30)
     ap.add_argument("--rate", type=int, default=5000)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a forwarder configuration override (repeatable)")
     a = ap.parse_args()
     binary = os.environ.get("AF_BIN", os.path.join(ROOT, "target/release/audit-forwarder"))
     if "AF_BIN" not in os.environ:
@@ -85,7 +90,8 @@ def main():
         open(log, "a").close()
         fwd = subprocess.Popen([binary, "--log-format", "json", "forward", "--path", log,
                                 "--state-dir", os.path.join(work, "state"), "--port", str(rport),
-                                "--set", 'http_listen="127.0.0.1:0"'],
+                                "--set", 'http_listen="127.0.0.1:0"']
+                               + [x for kv in a.set for x in ("--set", kv)],
                                stderr=logs["forwarder"], stdout=subprocess.DEVNULL)
         procs.append(fwd)
         mport = listen_port(logs["forwarder"].name, "http endpoint listening", time.time() + 30)

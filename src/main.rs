@@ -35,13 +35,22 @@ fn raise_nofile_limit() {
 /// blocks and the arenas keep growing: on the realistic benchmark log 11–16
 /// MB of the forwarder's peak RSS was free memory kept by malloc. The
 /// forwarder reuses its batch and event buffers, so few blocks are mapped.
-/// `MALLOC_MMAP_THRESHOLD_` in the environment still wins.
+/// At most two arenas: glibc gives each allocating thread its own (up to 8
+/// per core), and the few threads here allocate little. The environment
+/// (`MALLOC_MMAP_THRESHOLD_`, `MALLOC_ARENA_MAX`) still wins.
 fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
-        // SAFETY: sets a malloc parameter; called before other threads exist.
-        unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+    {
+        // SAFETY: sets malloc parameters; called before other threads exist.
+        if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+            unsafe {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+            }
+        }
+        if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+            unsafe {
+                libc::mallopt(libc::M_ARENA_MAX, 2);
+            }
         }
     }
 }

@@ -66,6 +66,16 @@ enum Reader {
     Gz(Box<flate2::read::MultiGzDecoder<File>>),
 }
 
+impl Reader {
+    /// Bytes of the file after `offset`, if known (not for gzip streams).
+    fn remaining(&self, offset: u64) -> Option<u64> {
+        match self {
+            Reader::Plain(f) => f.metadata().ok().map(|m| m.len().saturating_sub(offset)),
+            Reader::Gz(_) => None,
+        }
+    }
+}
+
 impl Read for Reader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         match self {
@@ -453,7 +463,13 @@ impl Tail {
                 // By one read buffer at a time: the Vec's capacity still
                 // grows geometrically, but only what is read gets touched,
                 // so a 50 MB line costs 50 MB, not the next power of two.
-                let target = (self.buf.len() + base)
+                // No bigger than what the file holds: the new part is
+                // zero-filled, so what is not read would cost memory too.
+                let step = match cur.rd.remaining(cur.read_off) {
+                    Some(r) if r > 0 => (r as usize).min(base),
+                    _ => base,
+                };
+                let target = (self.buf.len() + step)
                     .min(self.cfg.max_line_bytes.saturating_add(2))
                     .max(self.buf.len() + 4096);
                 self.buf.resize(target, 0);
