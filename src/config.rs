@@ -304,7 +304,8 @@ pub struct OutputSection {
     pub max_record_bytes: usize,
     /// Chunks sent and not yet acked.
     pub max_in_flight: usize,
-    /// Sealed chunks waiting for a send slot.
+    /// Sealed chunks waiting for a send slot (one keeps the connection
+    /// busy when an ack frees a slot; more only cost memory).
     pub max_pending_chunks: usize,
     #[serde(with = "humantime_serde")]
     pub retry_min: Duration,
@@ -350,7 +351,7 @@ impl Default for OutputSection {
             flush_interval: Duration::from_millis(100),
             max_record_bytes: 15 << 20,
             max_in_flight: 4,
-            max_pending_chunks: 2,
+            max_pending_chunks: 1,
             retry_min: Duration::from_millis(200),
             retry_max: Duration::from_secs(10),
             checkpoint_interval: Duration::from_millis(250),
