@@ -62,6 +62,15 @@ pub enum FilterCommand {
         /// Events, one JSON object per line (default: stdin).
         file: Option<PathBuf>,
     },
+    /// Compile a filter component for this build into `out` (the forwarder
+    /// runs this in a child process, so the compiler's memory is not kept).
+    #[command(hide = true)]
+    Compile {
+        #[arg(long)]
+        wasm: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

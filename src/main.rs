@@ -58,6 +58,9 @@ fn tune_malloc() {
 fn main() -> ExitCode {
     tune_malloc();
     let cli = Cli::parse();
+    if let Ok(exe) = std::env::current_exe() {
+        audit_forwarder::filter::wasm::compile_with(exe);
+    }
     raise_nofile_limit();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -488,6 +491,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     r => r?,
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Filter(FilterCommand::Compile { wasm, out }) => {
+            audit_forwarder::filter::wasm::compile_to(wasm, out)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Filter(FilterCommand::Test {

@@ -250,6 +250,63 @@ fn stamp(path: &Path) -> Option<Stamp> {
     })
 }
 
+/// The executable that compiles components (this program), when known.
+static COMPILER: OnceLock<PathBuf> = OnceLock::new();
+
+/// Compile components that are not cached yet in a child process running
+/// `exe filter compile`: compiling touches ~11 MB (cranelift's code and
+/// heap) that a process keeps resident afterwards. Set by `main`; without
+/// it (or if the child fails) components are compiled in-process.
+pub fn compile_with(exe: PathBuf) {
+    let _ = COMPILER.set(exe);
+}
+
+/// `filter compile`: compiles the component at `wasm` for this build's
+/// engine into `out` (written atomically).
+pub fn compile_to(wasm: &Path, out: &Path) -> Result<(), LoadError> {
+    let bytes = std::fs::read(wasm).map_err(|source| LoadError::Read {
+        path: wasm.to_path_buf(),
+        source,
+    })?;
+    let compiled = engine()
+        .precompile_component(&bytes)
+        .map_err(|err| LoadError::Compile {
+            path: wasm.to_path_buf(),
+            msg: format!("{err:#}"),
+        })?;
+    write_cache(out, &compiled).map_err(|source| LoadError::Read {
+        path: out.to_path_buf(),
+        source,
+    })
+}
+
+/// Runs `filter compile` in a child; true if it wrote `out`.
+fn compile_in_child(exe: &Path, wasm: &Path, out: &Path) -> bool {
+    let r = std::process::Command::new(exe)
+        .args(["--log-level", "warn", "filter", "compile", "--wasm"])
+        .arg(wasm)
+        .arg("--out")
+        .arg(out)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output();
+    match r {
+        Ok(o) if o.status.success() && out.is_file() => true,
+        Ok(o) => {
+            let err = String::from_utf8_lossy(&o.stderr);
+            warn!(path = %wasm.display(), status = %o.status, error = %err.trim(),
+                "compiling the filter in a child process failed; compiling in-process");
+            false
+        }
+        Err(err) => {
+            warn!(path = %wasm.display(), error = %err,
+                "cannot start a child process to compile the filter; compiling in-process");
+            false
+        }
+    }
+}
+
 /// Reads, checks and compiles (or loads from the cache) a component.
 fn compile(spec: &Spec) -> Result<Compiled, LoadError> {
     let path = &spec.path;
@@ -268,6 +325,13 @@ fn compile(spec: &Spec) -> Result<Compiled, LoadError> {
     });
     let t0 = Instant::now();
     let mut component = None;
+    let mut source = "cache";
+    if let (Some(c), Some(exe)) = (&cache, COMPILER.get())
+        && !c.is_file()
+        && compile_in_child(exe, path, c)
+    {
+        source = "child";
+    }
     if let Some(c) = cache.as_ref().filter(|c| c.is_file()) {
         // SAFETY: the file was written by `precompile_component` of an
         // engine with the same compatibility hash (it is in the name), into
@@ -279,10 +343,10 @@ fn compile(spec: &Spec) -> Result<Compiled, LoadError> {
             }
         }
     }
-    let from_cache = component.is_some();
     let component = match component {
         Some(c) => c,
         None => {
+            source = "in-process";
             let compiled = e
                 .precompile_component(&bytes)
                 .map_err(|err| LoadError::Compile {
@@ -302,7 +366,7 @@ fn compile(spec: &Spec) -> Result<Compiled, LoadError> {
         }
     };
     check_version(path, &component)?;
-    info!(filter = %spec.name, path = %path.display(), sha256 = %&sha256[..12], cached = from_cache,
+    info!(filter = %spec.name, path = %path.display(), sha256 = %&sha256[..12], compiled = source,
         ms = t0.elapsed().as_millis() as u64, "filter component loaded");
     Ok(Compiled {
         component,
