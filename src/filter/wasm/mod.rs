@@ -268,16 +268,21 @@ pub fn compile_to(wasm: &Path, out: &Path) -> Result<(), LoadError> {
         path: wasm.to_path_buf(),
         source,
     })?;
-    let compiled = engine()
-        .precompile_component(&bytes)
-        .map_err(|err| LoadError::Compile {
-            path: wasm.to_path_buf(),
-            msg: format!("{err:#}"),
-        })?;
+    let compiled = precompile(wasm, &bytes)?;
     write_cache(out, &compiled).map_err(|source| LoadError::Read {
         path: out.to_path_buf(),
         source,
     })
+}
+
+/// Compiles a component's bytes for this build's engine.
+fn precompile(path: &Path, bytes: &[u8]) -> Result<Vec<u8>, LoadError> {
+    engine()
+        .precompile_component(bytes)
+        .map_err(|err| LoadError::Compile {
+            path: path.to_path_buf(),
+            msg: format!("{err:#}"),
+        })
 }
 
 /// Runs `filter compile` in a child; true if it wrote `out`.
@@ -347,12 +352,7 @@ fn compile(spec: &Spec) -> Result<Compiled, LoadError> {
         Some(c) => c,
         None => {
             source = "in-process";
-            let compiled = e
-                .precompile_component(&bytes)
-                .map_err(|err| LoadError::Compile {
-                    path: path.clone(),
-                    msg: format!("{err:#}"),
-                })?;
+            let compiled = precompile(path, &bytes)?;
             if let Some(c) = &cache
                 && let Err(err) = write_cache(c, &compiled)
             {
