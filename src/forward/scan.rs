@@ -150,6 +150,20 @@ mod tests {
         (from..s.len()).find(|&i| hit(s[i])).unwrap_or(s.len())
     }
 
+    /// Both scanners agree with their definitions on `s` from `from`.
+    fn agrees(s: &[u8], from: usize, what: &str) {
+        assert_eq!(
+            string_special(s, from),
+            slow(s, from, is_string_special),
+            "{what} from {from}"
+        );
+        assert_eq!(
+            escape_candidate(s, from),
+            slow(s, from, is_escape_candidate),
+            "{what} from {from}"
+        );
+    }
+
     #[test]
     fn every_byte_value_in_every_lane() {
         for b in 0..=255u8 {
@@ -157,27 +171,7 @@ mod tests {
                 let mut s = vec![b'a'; 80];
                 s[pos] = b;
                 for from in [0, 1, 15, 16, 17, 31, 32, 33, 47] {
-                    assert_eq!(
-                        string_special(&s, from),
-                        slow(&s, from, is_string_special),
-                        "byte {b:#x} at {pos} from {from}"
-                    );
-                    assert_eq!(
-                        escape_candidate(&s, from),
-                        slow(&s, from, is_escape_candidate),
-                        "byte {b:#x} at {pos} from {from}"
-                    );
-                    #[cfg(target_arch = "x86_64")]
-                    {
-                        assert_eq!(
-                            sse2::string_special(&s, from),
-                            slow(&s, from, is_string_special)
-                        );
-                        assert_eq!(
-                            sse2::escape_candidate(&s, from),
-                            slow(&s, from, is_escape_candidate)
-                        );
-                    }
+                    agrees(&s, from, &format!("byte {b:#x} at {pos}"));
                 }
             }
         }
@@ -195,16 +189,7 @@ mod tests {
                         s[pos] = b;
                     }
                     for from in [0, 1, 7, 15, 16, 17, len] {
-                        assert_eq!(
-                            string_special(&s, from),
-                            slow(&s, from, is_string_special),
-                            "byte {b:#x} at {pos} of {len} from {from}"
-                        );
-                        assert_eq!(
-                            escape_candidate(&s, from),
-                            slow(&s, from, is_escape_candidate),
-                            "byte {b:#x} at {pos} of {len} from {from}"
-                        );
+                        agrees(&s, from, &format!("byte {b:#x} at {pos} of {len}"));
                     }
                 }
             }
