@@ -261,10 +261,16 @@ pub fn compile_with(exe: PathBuf) {
     let _ = COMPILER.set(exe);
 }
 
-/// `filter compile`: compiles the component at `wasm` for this build's
-/// engine into `out` (written atomically).
+/// `filter compile`: compiles the component at `wasm` (`-`: standard
+/// input) for this build's engine into `out` (written atomically).
 pub fn compile_to(wasm: &Path, out: &Path) -> Result<(), LoadError> {
-    let bytes = std::fs::read(wasm).map_err(|source| LoadError::Read {
+    let read = if wasm == Path::new("-") {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut b).map(|_| b)
+    } else {
+        std::fs::read(wasm)
+    };
+    let bytes = read.map_err(|source| LoadError::Read {
         path: wasm.to_path_buf(),
         source,
     })?;
@@ -285,17 +291,34 @@ fn precompile(path: &Path, bytes: &[u8]) -> Result<Vec<u8>, LoadError> {
         })
 }
 
-/// Runs `filter compile` in a child; true if it wrote `out`.
-fn compile_in_child(exe: &Path, wasm: &Path, out: &Path) -> bool {
+/// Runs `filter compile` in a child on `bytes` (exactly what was hashed
+/// for the cache name, sent on its stdin: the file may be replaced
+/// meanwhile); true if it wrote `out`.
+fn compile_in_child(exe: &Path, wasm: &Path, bytes: &[u8], out: &Path) -> bool {
+    use std::io::Write;
+    use std::process::Stdio;
     let r = std::process::Command::new(exe)
-        .args(["--log-level", "warn", "filter", "compile", "--wasm"])
-        .arg(wasm)
-        .arg("--out")
+        .args([
+            "--log-level",
+            "warn",
+            "filter",
+            "compile",
+            "--wasm",
+            "-",
+            "--out",
+        ])
         .arg(out)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .output();
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            // The child reads all of stdin before it writes anything.
+            let sent = child.stdin.take().map(|mut i| i.write_all(bytes));
+            let o = child.wait_with_output()?;
+            sent.transpose()?;
+            Ok(o)
+        });
     match r {
         Ok(o) if o.status.success() && out.is_file() => true,
         Ok(o) => {
@@ -333,7 +356,7 @@ fn compile(spec: &Spec) -> Result<Compiled, LoadError> {
     let mut source = "cache";
     if let (Some(c), Some(exe)) = (&cache, COMPILER.get())
         && !c.is_file()
-        && compile_in_child(exe, path, c)
+        && compile_in_child(exe, path, &bytes, c)
     {
         source = "child";
     }
