@@ -270,21 +270,27 @@ impl LineSink for Processor {
                             });
                         }
                         Outcome::Keep | Outcome::Rewritten => {
+                            // The JSON text only if a filter reads it.
+                            let needs = fq.chain.needs_json();
                             let (rec, json, top) = match outcome {
                                 Outcome::Keep => {
                                     // Validated by the transcoder; this check is SIMD.
-                                    let json = simdutf8::basic::from_utf8(line)
-                                        .map(std::borrow::Cow::Borrowed)
-                                        .unwrap_or_else(|_| String::from_utf8_lossy(line));
+                                    let json = needs.then(|| {
+                                        simdutf8::basic::from_utf8(line)
+                                            .map(std::borrow::Cow::Borrowed)
+                                            .unwrap_or_else(|_| String::from_utf8_lossy(line))
+                                    });
                                     (&mut self.rec, json, Some(&self.transcoder.top[..]))
                                 }
                                 _ => {
-                                    let json = record_json(&self.rewritten).unwrap_or_default();
-                                    (&mut self.rewritten, json.into(), None)
+                                    let json = needs.then(|| {
+                                        record_json(&self.rewritten).unwrap_or_default().into()
+                                    });
+                                    (&mut self.rewritten, json, None)
                                 }
                             };
-                            fq.bytes += rec.len() + json.len();
-                            let item = fq.pool.item(rec, &json, &fields, top);
+                            fq.bytes += rec.len() + json.as_ref().map_or(0, |j| j.len());
+                            let item = fq.pool.item(rec, json.as_deref(), &fields, top);
                             fq.items.push(item);
                             fq.queue.push(Queued::Event {
                                 time: t,

@@ -162,6 +162,76 @@ fn example_filters_through_the_host() {
     assert!(out.is_empty());
 }
 
+/// What a guest reads from the batch (text, spans, group ranges) is each
+/// event's JSON and its fields, unescaped, also after an earlier filter
+/// changed the event and for fields the event lacks.
+#[test]
+fn guests_read_every_field_from_the_batch() {
+    let mut input: Vec<String> = events(84, 300);
+    input.push(
+        r#"{"kind":"Event","level":"Metadata","auditID":"esc-1","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/n%C3%A9/pods?x=\"y\"","verb":"get","user":{"username":"al\"ice\u00e9 \ud83d\ude00","groups":["g\\1","","ü"]},"objectRef":{"resource":"pods","namespace":"né","name":"p\n1","apiGroup":"","subresource":"log"}}"#
+            .into(),
+    );
+    input.push(r#"{"kind":"Event","auditID":"bare-1"}"#.into());
+    let originals: Vec<Value> = input.iter().map(|l| json_value(l)).collect();
+    let s = |v: &Value| v.as_str().unwrap_or("").to_string();
+    let expect = |o: &Value| {
+        let r = &o["objectRef"];
+        serde_json::json!({
+            "auditID": s(&o["auditID"]),
+            "verb": s(&o["verb"]),
+            "username": s(&o["user"]["username"]),
+            "groups": o["user"]["groups"].as_array().map_or(vec![], |g| g.iter().map(s).collect()),
+            "namespace": s(&r["namespace"]),
+            "resource": s(&r["resource"]),
+            "subresource": s(&r["subresource"]),
+            "name": s(&r["name"]),
+            "apiGroup": s(&r["apiGroup"]),
+            "stage": s(&o["stage"]),
+            "level": s(&o["level"]),
+            "requestURI": s(&o["requestURI"]),
+        })
+    };
+    let text = input.join("\n") + "\n";
+    let (rc, out, err) = filter_test(&[guest("probe")], &["mode=\"echo\""], &text);
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!(out.len(), originals.len());
+    for (o, r) in originals.iter().zip(&out) {
+        let mut seen = r["event"]["seen"].clone();
+        assert_eq!(seen["json"], *o, "the json span is the event");
+        seen.as_object_mut().unwrap().remove("json");
+        assert_eq!(seen, expect(o), "{o}");
+    }
+    // After add-cluster-id, in the forwarder: the probe sees the changed
+    // event, derived from its record.
+    let d = tempfile::tempdir().unwrap();
+    let log = d.path().join("audit.log");
+    let out = d.path().join("out.jsonl");
+    std::fs::write(&log, &text).unwrap();
+    let (_rx, port) = receiver(&out, &[]);
+    let mut a = forward_args(&log, &d.path().join("state"), port);
+    a.extend([
+        "--oneshot".into(),
+        "--set".into(),
+        format!(
+            "output.filters=[{{ wasm = {:?}, config = {{ cluster = \"c-1\" }} }}, {{ wasm = {:?}, config = {{ mode = \"echo\" }} }}]",
+            guest("add_cluster_id"),
+            guest("probe")
+        ),
+    ]);
+    let mut f = spawn_forward(&a);
+    assert_eq!(f.wait_exit(), 0, "{}", f.all_logs());
+    let got = json_values(&read_lines(&out));
+    assert_eq!(got.len(), originals.len());
+    for (o, e) in originals.iter().zip(&got) {
+        let mut want = o.clone();
+        want["clusterID"] = "c-1".into();
+        assert_eq!(e["seen"]["json"], want);
+        assert_eq!(e["seen"]["username"], expect(o)["username"]);
+        assert_eq!(e["clusterID"], "c-1");
+    }
+}
+
 /// The forwarder with policy + a filter chain, end to end.
 #[test]
 fn forwarder_with_policy_and_filter_chain() {
@@ -239,6 +309,12 @@ fn abusive_guests_are_contained_and_on_error_keep_loses_nothing() {
         ("panic", "trap", "trapped"),
         ("wrong-count", "verdict_count", "verdicts for"),
         ("bad-json", "invalid_verdict", "not a JSON object"),
+        (
+            "bad-set",
+            "invalid_verdict",
+            "set-fields(1): the result has 1 field sets",
+        ),
+        ("bad-value", "invalid_verdict", "probe: invalid JSON value"),
     ] {
         let (rc, lines, api, f, _d) = abuse(mode, "keep", ", max_memory_bytes = 33554432");
         let logs = f.all_logs();
@@ -340,6 +416,11 @@ fn incompatible_guests_are_rejected_clearly() {
     for (wasm, config, needle) in [
         ("extra_import", "", "test:extra-import/net"),
         ("wit_v1", "", "audit-forwarder:filter@1.0.0"),
+        (
+            "wit_0_1",
+            "",
+            "built against audit-forwarder:filter@0.1.0; this audit-forwarder implements audit-forwarder:filter@0.2.0 (rebuild",
+        ),
         (
             "probe",
             "mode = \"configure-error\"",
@@ -593,4 +674,35 @@ fn config_reload_checks_filters() {
     assert_eq!(ids.len(), 150, "nothing lost or duplicated");
     assert!(got[..50].iter().all(|e| e["clusterID"] == "c1"));
     assert!(got[50..].iter().all(|e| e["clusterID"] == "c2"));
+}
+
+/// Items are built without the JSON text while no filter reads it; a
+/// filter that does (here after a hot reload swapped one in) gets it
+/// derived from the record. The probe panics on an empty `json` span, so
+/// without the derivation the event would fall back to `keep` untagged.
+#[test]
+fn a_filter_that_needs_json_gets_it_from_items_built_without() {
+    use audit_forwarder::filter::chain::{Chain, OnError, Pool, record_json};
+    use audit_forwarder::filter::wasm::Spec;
+    use audit_forwarder::forward::encode::Transcoder;
+    let spec = Spec {
+        name: "probe".into(),
+        path: guest("probe"),
+        config: "{}".into(),
+        timeout: std::time::Duration::from_secs(10),
+        max_memory: 64 << 20,
+        cache_dir: None,
+    };
+    let mut chain = Chain::load(vec![(spec, OnError::Keep)], Default::default()).unwrap();
+    assert!(chain.needs_json());
+    let line = br#"{"kind":"Event","auditID":"a-1","verb":"get","user":{"username":"u"}}"#;
+    let mut tc = Transcoder::default();
+    let mut pool = Pool::default();
+    let mut rec = Vec::new();
+    let f = tc.encode(line, &mut rec).unwrap();
+    let mut items = vec![pool.item(&mut rec, None, &f, None)];
+    chain.run(&mut items).unwrap();
+    let out: Value = serde_json::from_str(&record_json(&items[0].rec).unwrap()).unwrap();
+    assert_eq!(out["probe"], "tag", "{out}");
+    assert_eq!(out["auditID"], "a-1");
 }

@@ -3,8 +3,10 @@
 //! the JSON text and the extracted fields a filter sees are derived from
 //! it only when an earlier filter changed it.
 //!
-//! Verdicts (filters-wit/filter.wit): `keep`; `drop`; `replace(json)`:
-//! the JSON is encoded anew; `set-fields`: the fields are spliced into the
+//! A call passes the batch's text in one buffer, events as spans of it
+//! (filters-wit/filter.wit, 0.2). Verdicts: `keep`; `drop`;
+//! `replace(json)`: the JSON is encoded anew; `set-fields(i)`: the
+//! result's field set `i` is encoded once per call and spliced into each
 //! record's top-level map without re-encoding the rest.
 //!
 //! A failed call (trap, deadline, memory cap, wrong verdict count) and an
@@ -13,7 +15,7 @@
 //! or `stop` (the output stops; nothing after the last acknowledged event
 //! is committed, so a restart resumes there). Each is logged and counted.
 
-use super::wasm::{Event, LoadError, Spec, Verdict, WasmFilter};
+use super::wasm::{Batch, Event, LoadError, Span, Spec, Verdict, WasmFilter};
 use crate::forward::encode::{Fields, TopEntry, Transcoder};
 use crate::forward::protocol::reader::{MsgReader, ReadError};
 use crate::logging::RateLimit;
@@ -81,11 +83,12 @@ const POOL_MAX: usize = 1024;
 impl Pool {
     /// [`Item::new`] with `rec`'s buffer, which gets an empty one from the
     /// pool in exchange (no copy), and the text in a reused buffer. `top`:
-    /// the transcoder's entries of `rec`, if it is unchanged since.
+    /// the transcoder's entries of `rec`, if it is unchanged since. `json`:
+    /// `None` when no filter needs it ([`Chain::needs_json`]).
     pub fn item(
         &mut self,
         rec: &mut Vec<u8>,
-        json: &str,
+        json: Option<&str>,
         f: &Fields<'_>,
         top: Option<&[TopEntry]>,
     ) -> Item {
@@ -130,23 +133,27 @@ impl Pool {
 }
 
 /// What a filter sees of one event, owned: the JSON text and the copied-out
-/// fields in one buffer (two allocations per event instead of one per
-/// field); [`Seen::view`] lends it to the guest call as a WIT `event`.
+/// fields in one buffer; [`Seen::append`] adds it to a call's batch.
 struct Seen {
     text: String,
     /// json, audit-id, verb, username, namespace, resource, subresource,
     /// name, api-group, stage, level, request-uri.
     spans: [(u32, u32); 12],
     groups: Vec<(u32, u32)>,
+    /// Whether the JSON text is there (the first span).
+    json: bool,
 }
 
 impl Seen {
     fn new(json: &str, f: &Fields<'_>) -> Seen {
-        Seen::build(String::new(), json, f)
+        Seen::build(String::new(), Some(json), f)
     }
 
-    /// Like [`Seen::new`], writing into `text` (cleared first).
-    fn build(mut text: String, json: &str, f: &Fields<'_>) -> Seen {
+    /// Like [`Seen::new`], writing into `text` (cleared first); without the
+    /// JSON text if `json` is `None`.
+    fn build(mut text: String, json: Option<&str>, f: &Fields<'_>) -> Seen {
+        let has_json = json.is_some();
+        let json = json.unwrap_or_default();
         let o = f.object_ref.as_ref();
         fn d<'b>(v: &'b Option<std::borrow::Cow<'_, str>>) -> &'b str {
             v.as_deref().unwrap_or_default()
@@ -180,23 +187,41 @@ impl Seen {
             text,
             spans,
             groups,
+            json: has_json,
         }
     }
 
-    fn part(&self, (a, b): (u32, u32)) -> &str {
-        &self.text[a as usize..b as usize]
-    }
-
-    /// The WIT event, borrowing from `self`; `groups` is this event's slice
-    /// of the batch's group names.
-    fn view<'a>(&'a self, groups: &'a [&'a str]) -> Event<'a> {
-        let p = |i: usize| self.part(self.spans[i]);
+    /// Appends the text (with the JSON if `json`) to a batch's `text` and
+    /// the group names to its `groups`; returns the WIT event, whose spans
+    /// point there.
+    fn append(&self, json: bool, text: &mut Vec<u8>, groups: &mut Vec<Span>) -> Event {
+        // The JSON is the first part; without it the rest moves up.
+        let from = if json { 0 } else { self.spans[0].1 };
+        let base = text.len() as u32;
+        text.extend_from_slice(&self.text.as_bytes()[from as usize..]);
+        let span = |(a, b): (u32, u32)| Span {
+            start: (base + a).saturating_sub(from),
+            len: b - a,
+        };
+        let g = Span {
+            start: groups.len() as u32,
+            len: self.groups.len() as u32,
+        };
+        groups.extend(self.groups.iter().map(|&p| span(p)));
+        let p = |i: usize| span(self.spans[i]);
         Event {
-            json: p(0),
+            json: if json {
+                p(0)
+            } else {
+                Span {
+                    start: base,
+                    len: 0,
+                }
+            },
             audit_id: p(1),
             verb: p(2),
             username: p(3),
-            groups,
+            groups: g,
             namespace: p(4),
             resource: p(5),
             subresource: p(6),
@@ -223,10 +248,10 @@ pub fn record_json(rec: &[u8]) -> Result<String, String> {
 /// duplicates win. `top`: where each entry starts, then the end (as
 /// [`Item`] keeps them), so the entries need not be parsed; ignored unless
 /// it fits `rec`.
-pub fn splice(
+pub fn splice<K: AsRef<str>, V: AsRef<[u8]>>(
     rec: &[u8],
     top: &[u32],
-    fields: &[(&str, &[u8])],
+    fields: &[(K, V)],
     out: &mut Vec<u8>,
 ) -> Result<(), ReadError> {
     let mut r = MsgReader::new(rec);
@@ -245,7 +270,7 @@ pub fn splice(
         big.resize(fields.len(), false);
         &mut big
     };
-    let last = |k: &[u8]| fields.iter().rposition(|(f, _)| f.as_bytes() == k);
+    let last = |k: &[u8]| fields.iter().rposition(|(f, _)| f.as_ref().as_bytes() == k);
     out.clear();
     let wide = n + fields.len() > 0xffff;
     out.extend_from_slice(if wide {
@@ -275,7 +300,7 @@ pub fn splice(
             pending = end;
             found[j] = true;
             crate::forward::protocol::write_str(out, key);
-            out.extend_from_slice(fields[j].1);
+            out.extend_from_slice(fields[j].1.as_ref());
         }
         count += 1;
     }
@@ -283,9 +308,9 @@ pub fn splice(
     out.extend_from_slice(&rec[pending..end]);
     for (i, (k, v)) in fields.iter().enumerate() {
         // New keys, each at its last occurrence.
-        if !found[i] && last(k.as_bytes()) == Some(i) {
-            crate::forward::protocol::write_str(out, k.as_bytes());
-            out.extend_from_slice(v);
+        if !found[i] && last(k.as_ref().as_bytes()) == Some(i) {
+            crate::forward::protocol::write_str(out, k.as_ref().as_bytes());
+            out.extend_from_slice(v.as_ref());
             count += 1;
         }
     }
@@ -309,15 +334,19 @@ pub struct Chain {
     tc: Transcoder,
     scratch: Vec<u8>,
     warn: RateLimit,
-    /// Encoded `set-fields` values by their JSON text: enrichment sets the
-    /// same few values on every event.
-    values: std::collections::HashMap<String, Vec<u8>>,
     /// Reused output buffer of `splice`.
     spliced: Vec<u8>,
+    /// Reused buffers of a call's batch.
+    text: Vec<u8>,
+    groups: Vec<Span>,
+    events: Vec<Event>,
 }
 
-/// Most `set-fields` values remembered in encoded form.
-const VALUE_CACHE: usize = 256;
+/// A result's field set with its values encoded (or why it is unusable).
+type FieldSet = Result<Vec<(String, Vec<u8>)>, String>;
+
+/// Batch text kept between calls; a larger one is freed after its call.
+const KEEP_TEXT_MAX: usize = 1 << 20;
 
 impl Chain {
     /// Loads every filter (compile or cache, instantiate, configure).
@@ -335,13 +364,21 @@ impl Chain {
             tc: Transcoder::default(),
             scratch: Vec::new(),
             warn: RateLimit::default(),
-            values: std::collections::HashMap::new(),
             spliced: Vec::new(),
+            text: Vec::new(),
+            groups: Vec::new(),
+            events: Vec::new(),
         })
     }
 
     pub fn is_empty(&self) -> bool {
         self.links.is_empty()
+    }
+
+    /// Whether a filter reads events' JSON text (else items need not
+    /// carry it; [`Chain::run`] derives it if a reload changed that).
+    pub fn needs_json(&self) -> bool {
+        self.links.iter().any(|l| l.filter.needs_json())
     }
 
     /// Picks up changed filter files (a rejected version is logged and
@@ -367,36 +404,33 @@ impl Chain {
             if live.is_empty() {
                 return Ok(());
             }
+            let json = self.links[k].filter.needs_json();
             for &i in &live {
-                if items[i].seen.is_none() {
+                if items[i].seen.as_ref().is_none_or(|s| json && !s.json) {
                     items[i].seen = Some(self.derive(&items[i].rec));
                 }
             }
             let name = self.links[k].filter.name().to_string();
             let on_error = self.links[k].on_error;
             self.m.filter_call(&name, live.len() as u64);
-            let result = {
-                // Borrowed views of the items for the call: the strings are
-                // copied once, straight into the guest's memory.
-                let seen: Vec<&Seen> = live
-                    .iter()
-                    .filter_map(|&i| items[i].seen.as_ref())
-                    .collect();
-                let names: Vec<&str> = seen
-                    .iter()
-                    .flat_map(|s| s.groups.iter().map(|&g| s.part(g)))
-                    .collect();
-                let mut at = 0;
-                let events: Vec<Event<'_>> = seen
-                    .iter()
-                    .map(|s| {
-                        let n = s.groups.len();
-                        at += n;
-                        s.view(&names[at - n..at])
-                    })
-                    .collect();
-                self.links[k].filter.call(&events)
+            // The batch: all text in one buffer, copied once more, straight
+            // into the guest's memory.
+            self.text.clear();
+            self.groups.clear();
+            self.events.clear();
+            for s in live.iter().filter_map(|&i| items[i].seen.as_ref()) {
+                let e = s.append(json, &mut self.text, &mut self.groups);
+                self.events.push(e);
+            }
+            let batch = Batch {
+                text: &self.text,
+                groups: &self.groups,
+                events: &self.events,
             };
+            let result = self.links[k].filter.call(batch);
+            if self.text.capacity() > KEEP_TEXT_MAX {
+                self.text = Vec::new();
+            }
             match result {
                 Err(e) => {
                     self.failed(&name, on_error, &e.to_string(), e.reason(), live.len())?;
@@ -404,9 +438,11 @@ impl Chain {
                         self.fallback(on_error, &mut items[i]);
                     }
                 }
-                Ok(verdicts) => {
-                    for (&i, v) in live.iter().zip(verdicts) {
-                        self.apply(&name, on_error, &mut items[i], v)?;
+                Ok(r) => {
+                    let sets: Vec<FieldSet> =
+                        r.field_sets.iter().map(|s| self.encode_set(s)).collect();
+                    for (&i, v) in live.iter().zip(r.verdicts) {
+                        self.apply(&name, on_error, &mut items[i], v, &sets)?;
                     }
                 }
             }
@@ -445,6 +481,7 @@ impl Chain {
         on_error: OnError,
         it: &mut Item,
         v: Verdict,
+        sets: &[FieldSet],
     ) -> Result<(), String> {
         match v {
             Verdict::Keep => {}
@@ -473,42 +510,20 @@ impl Chain {
                     )?,
                 }
             }
-            Verdict::SetFields(fields) => {
-                // Encoded values come from the cache (enrichment sets the
-                // same few values on every event); the spliced record is
-                // built in a reused buffer and swapped in.
-                if self.values.len() + fields.len() > VALUE_CACHE {
-                    self.values.clear();
-                }
-                let mut uncached = Vec::new();
-                for f in &fields {
-                    if self.values.contains_key(&f.value) {
-                        continue;
+            Verdict::SetFields(ix) => {
+                let set = match sets.get(ix as usize) {
+                    Some(Ok(set)) => set,
+                    Some(Err(e)) => return self.bad_verdict(name, on_error, it, e),
+                    None => {
+                        let msg =
+                            format!("set-fields({ix}): the result has {} field sets", sets.len());
+                        return self.bad_verdict(name, on_error, it, &msg);
                     }
-                    match self.encode_value(&f.value) {
-                        Ok(v) if f.value.len() <= 4096 => {
-                            self.values.insert(f.value.clone(), v);
-                        }
-                        Ok(v) => uncached.push(v),
-                        Err(e) => {
-                            let msg = format!("set-fields: {}: invalid JSON value: {e}", f.key);
-                            return self.bad_verdict(name, on_error, it, &msg);
-                        }
-                    }
-                }
-                let mut extra = uncached.iter();
-                let enc: Vec<(&str, &[u8])> = fields
-                    .iter()
-                    .filter_map(|f| {
-                        let v = match self.values.get(&f.value) {
-                            Some(v) => v.as_slice(),
-                            None => extra.next()?.as_slice(),
-                        };
-                        Some((f.key.as_str(), v))
-                    })
-                    .collect();
+                };
+                // The spliced record is built in a reused buffer and
+                // swapped in.
                 let mut out = std::mem::take(&mut self.spliced);
-                match splice(&it.rec, &it.top, &enc, &mut out) {
+                match splice(&it.rec, &it.top, set, &mut out) {
                     Ok(()) => {
                         std::mem::swap(&mut it.rec, &mut out);
                         self.spliced = out;
@@ -524,6 +539,18 @@ impl Chain {
             }
         }
         Ok(())
+    }
+
+    /// Encodes a field set's values (once per call, however many events
+    /// name it).
+    fn encode_set(&mut self, fields: &[super::wasm::Field]) -> FieldSet {
+        fields
+            .iter()
+            .map(|f| match self.encode_value(&f.value) {
+                Ok(v) => Ok((f.key.clone(), v)),
+                Err(e) => Err(format!("set-fields: {}: invalid JSON value: {e}", f.key)),
+            })
+            .collect()
     }
 
     fn bad_verdict(
@@ -648,18 +675,18 @@ mod tests {
         let f = Fields::default();
         let mut rec = b"\x80".to_vec();
         let ptr = rec.as_ptr();
-        let it = pool.item(&mut rec, "{}", &f, None);
+        let it = pool.item(&mut rec, Some("{}"), &f, None);
         assert_eq!(it.rec.as_ptr(), ptr, "moved into the item, not copied");
         assert!(rec.is_empty());
         pool.recycle(it);
         let mut next = b"\x81".to_vec();
-        let it = pool.item(&mut next, "{}", &f, None);
+        let it = pool.item(&mut next, Some("{}"), &f, None);
         assert_eq!(next.as_ptr(), ptr, "the recycled buffer comes back");
         pool.recycle(it);
         // Big buffers are kept up to POOL_BYTES in all.
         for _ in 0..10 {
             let mut r = Vec::with_capacity(POOL_BUFFER_MAX);
-            let it = pool.item(&mut r, "{}", &f, None);
+            let it = pool.item(&mut r, Some("{}"), &f, None);
             pool.recycle(it);
             pool.recycle(Item {
                 rec: r,
@@ -719,7 +746,7 @@ mod tests {
             record_json(&out).unwrap(),
             r#"{"kind":"Event","verb":"list","user":{"username":"a"},"clusterID":"shoot--a","n":{"x":[1,2]}}"#
         );
-        assert!(splice(b"\x01", &[], &[], &mut out).is_err());
+        assert!(splice::<&str, &[u8]>(b"\x01", &[], &[], &mut out).is_err());
     }
 
     /// With the transcoder's entry positions `splice` skips parsing; the

@@ -12,14 +12,17 @@
 // Bindings (componentize-js): an imported interface is an ES module named
 // after it; an exported interface is an exported object named after it
 // (camelCase functions); `result<_, string>` is "return = ok, throw = err";
-// variants are `{ tag, val }`.
+// variants are `{ tag, val }`; record fields are camelCase; `list<u8>` is a
+// Uint8Array (a filter that reads an event decodes its spans of `batch.text`
+// with a TextDecoder).
 
-import { log } from 'audit-forwarder:filter/host@0.1.0';
+import { log } from 'audit-forwarder:filter/host@0.2.0';
 
 const KNOWN = ['cluster', 'field', 'extra'];
 
-// The verdict given to every event; set by `configure`.
-let verdict = { tag: 'set-fields', val: [] };
+// The one field set of every batch; set by `configure`.
+let fields = [];
+const SET_FIELDS = { tag: 'set-fields', val: 0 };
 
 function isObject(v) {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -41,13 +44,13 @@ export const filter = {
     if (typeof field !== 'string') {
       throw 'config: `field` must be a string';
     }
-    const fields = [{ key: field, value: JSON.stringify(cluster) }];
+    const set = [{ key: field, value: JSON.stringify(cluster) }];
     if (Object.hasOwn(c, 'extra')) {
       if (!isObject(c.extra)) {
         throw 'config: `extra` must be a table';
       }
       for (const [k, v] of Object.entries(c.extra)) {
-        fields.push({ key: k, value: JSON.stringify(v) });
+        set.push({ key: k, value: JSON.stringify(v) });
       }
     }
     for (const k of Object.keys(c)) {
@@ -56,10 +59,15 @@ export const filter = {
       }
     }
     log('info', `adding ${field} = ${JSON.stringify(cluster)}`);
-    verdict = { tag: 'set-fields', val: fields };
+    fields = set;
+    // Reads nothing of the events (not even their JSON).
+    return { json: false };
   },
 
-  filterBatch(events) {
-    return events.map(() => verdict);
+  filterBatch(batch) {
+    return {
+      verdicts: batch.events.map(() => SET_FIELDS),
+      fieldSets: [fields],
+    };
   },
 };

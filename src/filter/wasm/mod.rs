@@ -1,5 +1,5 @@
 //! User filters as WebAssembly components (`filters-wit/filter.wit`,
-//! `audit-forwarder:filter@0.1.x`), run with wasmtime.
+//! `audit-forwarder:filter@0.2.x`), run with wasmtime.
 //!
 //! - One engine per process, with epoch interruption: a ticker thread bumps
 //!   the epoch every [`TICK`], so a call's deadline is `timeout / TICK`
@@ -37,10 +37,12 @@ mod bindings {
 }
 
 use bindings::audit_forwarder::filter::types::LogLevel;
-pub use bindings::audit_forwarder::filter::types::{Event, Field, Verdict};
+pub use bindings::audit_forwarder::filter::types::{
+    Batch, BatchResult, Event, Field, Needs, Span, Verdict,
+};
 
-/// The WIT package this host implements (guests of any 0.1.x load).
-pub const WIT_PACKAGE: &str = "audit-forwarder:filter@0.1.0";
+/// The WIT package this host implements (guests of any 0.2.x load).
+pub const WIT_PACKAGE: &str = "audit-forwarder:filter@0.2.0";
 /// Epoch tick.
 pub const TICK: Duration = Duration::from_millis(5);
 /// How often a filter's file is checked for a new version.
@@ -421,7 +423,7 @@ fn check_version(path: &Path, c: &Component) -> Result<(), LoadError> {
     let ours = "audit-forwarder:filter/filter@";
     if exports
         .iter()
-        .any(|n| n.strip_prefix(ours).is_some_and(|v| v.starts_with("0.1.")))
+        .any(|n| n.strip_prefix(ours).is_some_and(|v| v.starts_with("0.2.")))
     {
         return Ok(());
     }
@@ -449,6 +451,8 @@ fn check_version(path: &Path, c: &Component) -> Result<(), LoadError> {
 struct Instance {
     store: Store<State>,
     bindings: bindings::AuditFilter,
+    /// What `configure` said the filter reads.
+    needs: Needs,
 }
 
 fn instantiate(spec: &Spec, c: &Component) -> Result<Instance, LoadError> {
@@ -490,7 +494,11 @@ fn instantiate(spec: &Spec, c: &Component) -> Result<Instance, LoadError> {
         .audit_forwarder_filter_filter()
         .call_configure(&mut store, &spec.config)
     {
-        Ok(Ok(())) => Ok(Instance { store, bindings }),
+        Ok(Ok(needs)) => Ok(Instance {
+            store,
+            bindings,
+            needs,
+        }),
         Ok(Err(msg)) => Err(LoadError::Configure {
             path: spec.path.clone(),
             msg,
@@ -511,6 +519,8 @@ pub struct WasmFilter {
     spec: Spec,
     compiled: Compiled,
     instance: Option<Instance>,
+    /// What the last configured instance reads.
+    needs: Needs,
     last_check: Instant,
 }
 
@@ -522,9 +532,15 @@ impl WasmFilter {
         Ok(WasmFilter {
             spec,
             compiled,
+            needs: instance.needs,
             instance: Some(instance),
             last_check: Instant::now(),
         })
+    }
+
+    /// Whether the filter reads `event.json` (as its `configure` said).
+    pub fn needs_json(&self) -> bool {
+        self.needs.contains(Needs::JSON)
     }
 
     pub fn name(&self) -> &str {
@@ -536,20 +552,25 @@ impl WasmFilter {
     }
 
     /// Runs one batch. Exactly one verdict per event, or an error.
-    pub fn call(&mut self, events: &[Event]) -> Result<Vec<Verdict>, CallError> {
+    pub fn call(&mut self, batch: Batch<'_>) -> Result<BatchResult, CallError> {
+        let want = batch.events.len();
         let mut inst = match self.instance.take() {
             Some(i) => i,
-            None => instantiate(&self.spec, &self.compiled.component)
-                .map_err(|e| CallError::Reinstantiate(e.to_string()))?,
+            None => {
+                let i = instantiate(&self.spec, &self.compiled.component)
+                    .map_err(|e| CallError::Reinstantiate(e.to_string()))?;
+                self.needs = i.needs;
+                i
+            }
         };
         inst.store.data_mut().limits.hit = false;
         inst.store.set_epoch_deadline(ticks(self.spec.timeout));
         let r = inst
             .bindings
             .audit_forwarder_filter_filter()
-            .call_filter_batch(&mut inst.store, events);
+            .call_filter_batch(&mut inst.store, batch);
         match r {
-            Ok(v) if v.len() == events.len() => {
+            Ok(v) if v.verdicts.len() == want => {
                 self.instance = Some(inst);
                 Ok(v)
             }
@@ -557,8 +578,8 @@ impl WasmFilter {
                 // The instance is fine; its answer is not.
                 self.instance = Some(inst);
                 Err(CallError::WrongCount {
-                    got: v.len(),
-                    want: events.len(),
+                    got: v.verdicts.len(),
+                    want,
                 })
             }
             Err(e) => {
@@ -602,6 +623,7 @@ impl WasmFilter {
                 info!(filter = %self.spec.name, old = %&self.compiled.sha256[..12], new = %&c.sha256[..12],
                     "filter reloaded: the next batch uses the new version");
                 self.compiled = c;
+                self.needs = i.needs;
                 self.instance = Some(i);
                 Some(Ok(()))
             }

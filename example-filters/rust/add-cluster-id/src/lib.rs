@@ -14,7 +14,8 @@ wit_bindgen::generate!({ path: "../../../filters-wit", world: "audit-filter" });
 use audit_forwarder::filter::host::log;
 use audit_forwarder::filter::types::Field;
 use audit_forwarder::filter::types::LogLevel;
-use exports::audit_forwarder::filter::filter::{Event, Guest, Verdict};
+use audit_forwarder::filter::types::{Needs, Verdict};
+use exports::audit_forwarder::filter::filter::{Batch, BatchResult, Guest};
 use std::cell::RefCell;
 
 thread_local! {
@@ -24,7 +25,7 @@ thread_local! {
 struct AddClusterId;
 
 impl Guest for AddClusterId {
-    fn configure(config: String) -> Result<(), String> {
+    fn configure(config: String) -> Result<Needs, String> {
         let c: serde_json::Value =
             serde_json::from_str(&config).map_err(|e| format!("config: {e}"))?;
         let cluster = c["cluster"]
@@ -53,17 +54,16 @@ impl Guest for AddClusterId {
         }
         log(LogLevel::Info, &format!("adding {field} = {cluster:?}"));
         FIELDS.with(|f| *f.borrow_mut() = fields);
-        Ok(())
+        // Reads only the extracted fields, never the JSON.
+        Ok(Needs::empty())
     }
 
-    fn filter_batch(events: Vec<Event>) -> Vec<Verdict> {
-        FIELDS.with(|f| {
-            let f = f.borrow();
-            events
-                .iter()
-                .map(|_| Verdict::SetFields(f.clone()))
-                .collect()
-        })
+    /// One field set for the whole batch; every event names it.
+    fn filter_batch(batch: Batch) -> BatchResult {
+        BatchResult {
+            verdicts: vec![Verdict::SetFields(0); batch.events.len()],
+            field_sets: vec![FIELDS.with(|f| f.borrow().clone())],
+        }
     }
 }
 

@@ -12,7 +12,8 @@
 
 wit_bindgen::generate!({ path: "../../../filters-wit", world: "audit-filter" });
 
-use exports::audit_forwarder::filter::filter::{Event, Guest, Verdict};
+use audit_forwarder::filter::types::{Needs, Span, Verdict};
+use exports::audit_forwarder::filter::filter::{Batch, BatchResult, Guest};
 use std::cell::RefCell;
 
 struct Rules {
@@ -25,6 +26,16 @@ thread_local! {
         verbs: vec!["get".into(), "list".into(), "watch".into()],
         prefixes: vec!["system:".into()],
     });
+}
+
+/// A span of the batch's text (the host guarantees UTF-8 on character
+/// boundaries; anything else reads as empty).
+fn text(batch: &Batch, s: Span) -> &str {
+    let t = batch
+        .text
+        .get(s.start as usize..(s.start as usize).saturating_add(s.len as usize));
+    t.and_then(|t| std::str::from_utf8(t).ok())
+        .unwrap_or_default()
 }
 
 fn strings(c: &serde_json::Value, key: &str) -> Result<Option<Vec<String>>, String> {
@@ -41,7 +52,7 @@ fn strings(c: &serde_json::Value, key: &str) -> Result<Option<Vec<String>>, Stri
 struct DropReadOnly;
 
 impl Guest for DropReadOnly {
-    fn configure(config: String) -> Result<(), String> {
+    fn configure(config: String) -> Result<Needs, String> {
         let c: serde_json::Value =
             serde_json::from_str(&config).map_err(|e| format!("config: {e}"))?;
         for k in c.as_object().into_iter().flat_map(|o| o.keys()) {
@@ -60,20 +71,21 @@ impl Guest for DropReadOnly {
                 r.prefixes = p;
             }
         });
-        Ok(())
+        // Reads only the extracted fields, never the JSON.
+        Ok(Needs::empty())
     }
 
-    fn filter_batch(events: Vec<Event>) -> Vec<Verdict> {
-        RULES.with(|r| {
+    fn filter_batch(batch: Batch) -> BatchResult {
+        let verdicts = RULES.with(|r| {
             let r = r.borrow();
-            events
+            batch
+                .events
                 .iter()
                 .map(|e| {
-                    let read = r.verbs.iter().any(|v| *v == e.verb);
-                    let system = r
-                        .prefixes
-                        .iter()
-                        .any(|p| e.username.starts_with(p.as_str()));
+                    let verb = text(&batch, e.verb);
+                    let read = r.verbs.iter().any(|v| v == verb);
+                    let user = text(&batch, e.username);
+                    let system = r.prefixes.iter().any(|p| user.starts_with(p.as_str()));
                     if read && system {
                         Verdict::Drop
                     } else {
@@ -81,7 +93,11 @@ impl Guest for DropReadOnly {
                     }
                 })
                 .collect()
-        })
+        });
+        BatchResult {
+            verdicts,
+            field_sets: Vec::new(),
+        }
     }
 }
 

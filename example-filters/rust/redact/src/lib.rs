@@ -15,7 +15,8 @@ wit_bindgen::generate!({ path: "../../../filters-wit", world: "audit-filter" });
 
 use audit_forwarder::filter::host::log;
 use audit_forwarder::filter::types::LogLevel;
-use exports::audit_forwarder::filter::filter::{Event, Guest, Verdict};
+use audit_forwarder::filter::types::{Needs, Span, Verdict};
+use exports::audit_forwarder::filter::filter::{Batch, BatchResult, Guest};
 use serde_json::Value;
 use std::cell::RefCell;
 
@@ -59,10 +60,20 @@ fn remove(v: &mut Value, path: &[String]) -> bool {
     }
 }
 
+/// A span of the batch's text (the host guarantees UTF-8 on character
+/// boundaries; anything else reads as empty).
+fn text(batch: &Batch, s: Span) -> &str {
+    let t = batch
+        .text
+        .get(s.start as usize..(s.start as usize).saturating_add(s.len as usize));
+    t.and_then(|t| std::str::from_utf8(t).ok())
+        .unwrap_or_default()
+}
+
 struct Redact;
 
 impl Guest for Redact {
-    fn configure(config: String) -> Result<(), String> {
+    fn configure(config: String) -> Result<Needs, String> {
         let c: Value = serde_json::from_str(&config).map_err(|e| format!("config: {e}"))?;
         let list = |key: &str| -> Result<Option<Vec<String>>, String> {
             c.get(key)
@@ -90,22 +101,25 @@ impl Guest for Redact {
                 r.paths = split(&p);
             }
         });
-        Ok(())
+        Ok(Needs::JSON)
     }
 
-    fn filter_batch(events: Vec<Event>) -> Vec<Verdict> {
-        RULES.with(|r| {
+    fn filter_batch(batch: Batch) -> BatchResult {
+        let verdicts = RULES.with(|r| {
             let r = r.borrow();
-            events
+            batch
+                .events
                 .iter()
                 .map(|e| {
-                    if !r.resources.iter().any(|x| *x == e.resource) {
+                    let resource = text(&batch, e.resource);
+                    if !r.resources.iter().any(|x| x == resource) {
                         return Verdict::Keep;
                     }
-                    let mut v: Value = match serde_json::from_str(&e.json) {
+                    let mut v: Value = match serde_json::from_str(text(&batch, e.json)) {
                         Ok(v) => v,
                         Err(err) => {
-                            log(LogLevel::Warn, &format!("event {}: {err}", e.audit_id));
+                            let id = text(&batch, e.audit_id);
+                            log(LogLevel::Warn, &format!("event {id}: {err}"));
                             return Verdict::Keep;
                         }
                     };
@@ -120,7 +134,11 @@ impl Guest for Redact {
                     }
                 })
                 .collect()
-        })
+        });
+        BatchResult {
+            verdicts,
+            field_sets: Vec::new(),
+        }
     }
 }
 

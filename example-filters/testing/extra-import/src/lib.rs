@@ -3,18 +3,23 @@
 
 wit_bindgen::generate!({ path: "wit", world: "guest", generate_all });
 
-use exports::audit_forwarder::filter::filter::{Event, Guest, Verdict};
+use audit_forwarder::filter::types::{Needs, Verdict};
+use exports::audit_forwarder::filter::filter::{Batch, BatchResult, Guest};
 
 struct Extra;
 
 impl Guest for Extra {
-    fn configure(_config: String) -> Result<(), String> {
-        Ok(())
+    fn configure(_config: String) -> Result<Needs, String> {
+        // Reads only the extracted fields, never the JSON.
+        Ok(Needs::empty())
     }
 
-    fn filter_batch(events: Vec<Event>) -> Vec<Verdict> {
+    fn filter_batch(batch: Batch) -> BatchResult {
         let _ = test::extra_import::net::open("10.0.0.1:443");
-        events.iter().map(|_| Verdict::Keep).collect()
+        BatchResult {
+            verdicts: vec![Verdict::Keep; batch.events.len()],
+            field_sets: Vec::new(),
+        }
     }
 }
 
