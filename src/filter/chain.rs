@@ -242,11 +242,120 @@ pub fn record_json(rec: &[u8]) -> Result<String, String> {
     String::from_utf8(out).map_err(|e| e.to_string())
 }
 
-/// Sets top-level `fields` (key, encoded value) of the msgpack map `rec`:
-/// existing keys get the new value in place, new keys are appended; the
-/// other entries are copied byte for byte, runs of them at once. Later
-/// duplicates win. `top`: where each entry starts, then the end (as
-/// [`Item`] keeps them), so the entries need not be parsed; ignored unless
+/// The top-level entries of a msgpack map record: from `top` (where each
+/// entry starts, then the end, as [`Item`] keeps them) when it fits the
+/// record, else by parsing.
+struct Entries<'a> {
+    rec: &'a [u8],
+    r: MsgReader<'a>,
+    top: &'a [u32],
+    /// Number of entries.
+    n: usize,
+    known: bool,
+}
+
+impl<'a> Entries<'a> {
+    fn new(rec: &'a [u8], top: &'a [u32]) -> Result<Self, ReadError> {
+        let mut r = MsgReader::new(rec);
+        let n = r.read_map_len()? as usize;
+        let known = top.len() == n + 1
+            && top[0] as usize == r.pos()
+            && top[n] as usize == rec.len()
+            && top.windows(2).all(|w| w[0] <= w[1]);
+        Ok(Entries {
+            rec,
+            r,
+            top,
+            n,
+            known,
+        })
+    }
+
+    /// Where the entries start.
+    fn start(&self) -> usize {
+        if self.known {
+            self.top[0] as usize
+        } else {
+            self.r.pos()
+        }
+    }
+
+    /// Entry `i` (in order, each once): its start, key and end.
+    fn entry(&mut self, i: usize) -> Result<(usize, &'a [u8], usize), ReadError> {
+        if self.known {
+            let (start, end) = (self.top[i] as usize, self.top[i + 1] as usize);
+            let key = MsgReader::new(&self.rec[start..end]).read_str_bytes()?;
+            return Ok((start, key, end));
+        }
+        let start = self.r.pos();
+        let key = self.r.read_str_bytes()?;
+        self.r.skip_value()?;
+        Ok((start, key, self.r.pos()))
+    }
+}
+
+/// The index of the last field named `k` (later duplicates win).
+fn last<K: AsRef<str>, V>(fields: &[(K, V)], k: &[u8]) -> Option<usize> {
+    fields.iter().rposition(|(f, _)| f.as_ref().as_bytes() == k)
+}
+
+/// Sets top-level `fields` (key, encoded value) of the msgpack map `rec`.
+/// When every key is new and the map's header has room for them (the
+/// transcoder writes map16), they are appended to `rec` in place and the
+/// count patched: enrichment copies nothing. Otherwise [`splice`] builds
+/// the record in `scratch`, which is swapped in.
+pub fn set_fields<K: AsRef<str>, V: AsRef<[u8]>>(
+    rec: &mut Vec<u8>,
+    top: &[u32],
+    fields: &[(K, V)],
+    scratch: &mut Vec<u8>,
+) -> Result<(), ReadError> {
+    let mut e = Entries::new(rec, top)?;
+    let mut fresh = true;
+    // Where the last entry ends: the record must end there too.
+    let mut end = e.start();
+    for i in 0..e.n {
+        let (_, key, stop) = e.entry(i)?;
+        end = stop;
+        if last(fields, key).is_some() {
+            fresh = false;
+            break;
+        }
+    }
+    let n = e.n;
+    let room = match rec.first() {
+        Some(0x80..=0x8f) => 15,
+        Some(0xde) => 0xffff,
+        Some(0xdf) => u32::MAX as usize,
+        _ => 0,
+    };
+    let new = (0..fields.len())
+        .filter(|&i| last(fields, fields[i].0.as_ref().as_bytes()) == Some(i))
+        .count();
+    if fresh && end == rec.len() && n + new <= room {
+        for (i, (k, v)) in fields.iter().enumerate() {
+            if last(fields, k.as_ref().as_bytes()) == Some(i) {
+                crate::forward::protocol::write_str(rec, k.as_ref().as_bytes());
+                rec.extend_from_slice(v.as_ref());
+            }
+        }
+        let count = n + new;
+        match rec[0] {
+            0x80..=0x8f => rec[0] = 0x80 | count as u8,
+            0xde => rec[1..3].copy_from_slice(&(count as u16).to_be_bytes()),
+            _ => rec[1..5].copy_from_slice(&(count as u32).to_be_bytes()),
+        }
+        return Ok(());
+    }
+    splice(rec, top, fields, scratch)?;
+    std::mem::swap(rec, scratch);
+    Ok(())
+}
+
+/// Sets top-level `fields` (key, encoded value) of the msgpack map `rec`
+/// into `out`: existing keys get the new value in place, new keys are
+/// appended; the other entries are copied byte for byte, runs of them at
+/// once. Later duplicates win. `top`: as [`Item`] keeps it; ignored unless
 /// it fits `rec`.
 pub fn splice<K: AsRef<str>, V: AsRef<[u8]>>(
     rec: &[u8],
@@ -254,12 +363,8 @@ pub fn splice<K: AsRef<str>, V: AsRef<[u8]>>(
     fields: &[(K, V)],
     out: &mut Vec<u8>,
 ) -> Result<(), ReadError> {
-    let mut r = MsgReader::new(rec);
-    let n = r.read_map_len()? as usize;
-    let known = top.len() == n + 1
-        && top[0] as usize == r.pos()
-        && top[n] as usize == rec.len()
-        && top.windows(2).all(|w| w[0] <= w[1]);
+    let mut e = Entries::new(rec, top)?;
+    let n = e.n;
     // One pass, no allocation for up to 64 fields. The header is map16
     // (map32 when needed) like the transcoder's, patched at the end.
     let mut small = [false; 64];
@@ -270,7 +375,6 @@ pub fn splice<K: AsRef<str>, V: AsRef<[u8]>>(
         big.resize(fields.len(), false);
         &mut big
     };
-    let last = |k: &[u8]| fields.iter().rposition(|(f, _)| f.as_ref().as_bytes() == k);
     out.clear();
     let wide = n + fields.len() > 0xffff;
     out.extend_from_slice(if wide {
@@ -280,35 +384,24 @@ pub fn splice<K: AsRef<str>, V: AsRef<[u8]>>(
     });
     let mut count = 0u32;
     // Start of the entries not yet copied (all unchanged).
-    let mut pending = r.pos();
+    let mut pending = e.start();
+    let mut end = pending;
     for i in 0..n {
-        let (start, key, end) = if known {
-            let (start, end) = (top[i] as usize, top[i + 1] as usize);
-            (
-                start,
-                MsgReader::new(&rec[start..end]).read_str_bytes()?,
-                end,
-            )
-        } else {
-            let start = r.pos();
-            let key = r.read_str_bytes()?;
-            r.skip_value()?;
-            (start, key, r.pos())
-        };
-        if let Some(j) = last(key) {
+        let (start, key, stop) = e.entry(i)?;
+        end = stop;
+        if let Some(j) = last(fields, key) {
             out.extend_from_slice(&rec[pending..start]);
-            pending = end;
+            pending = stop;
             found[j] = true;
             crate::forward::protocol::write_str(out, key);
             out.extend_from_slice(fields[j].1.as_ref());
         }
         count += 1;
     }
-    let end = if known { rec.len() } else { r.pos() };
     out.extend_from_slice(&rec[pending..end]);
     for (i, (k, v)) in fields.iter().enumerate() {
         // New keys, each at its last occurrence.
-        if !found[i] && last(k.as_ref().as_bytes()) == Some(i) {
+        if !found[i] && last(fields, k.as_ref().as_bytes()) == Some(i) {
             crate::forward::protocol::write_str(out, k.as_ref().as_bytes());
             out.extend_from_slice(v.as_ref());
             count += 1;
@@ -520,21 +613,13 @@ impl Chain {
                         return self.bad_verdict(name, on_error, it, &msg);
                     }
                 };
-                // The spliced record is built in a reused buffer and
-                // swapped in.
-                let mut out = std::mem::take(&mut self.spliced);
-                match splice(&it.rec, &it.top, set, &mut out) {
+                match set_fields(&mut it.rec, &it.top, set, &mut self.spliced) {
                     Ok(()) => {
-                        std::mem::swap(&mut it.rec, &mut out);
-                        self.spliced = out;
                         it.top.clear();
                         // Derived again if another filter follows.
                         it.seen = None;
                     }
-                    Err(e) => {
-                        self.spliced = out;
-                        self.bad_verdict(name, on_error, it, &format!("set-fields: {e}"))?
-                    }
+                    Err(e) => self.bad_verdict(name, on_error, it, &format!("set-fields: {e}"))?,
                 }
             }
         }
@@ -747,6 +832,83 @@ mod tests {
             r#"{"kind":"Event","verb":"list","user":{"username":"a"},"clusterID":"shoot--a","n":{"x":[1,2]}}"#
         );
         assert!(splice::<&str, &[u8]>(b"\x01", &[], &[], &mut out).is_err());
+    }
+
+    /// `set_fields` gives what `splice` gives, for every map header (fixmap
+    /// as the policy writes small maps, map16 as the transcoder does,
+    /// map32), with and without entry positions; it appends in place (the
+    /// scratch buffer stays unused) exactly when every key is new, the
+    /// header has room and nothing trails the map.
+    #[test]
+    fn set_fields_appends_in_place_or_splices() {
+        let one = [0x01u8];
+        let sets: [&[(&str, &[u8])]; 5] = [
+            &[],
+            &[("clusterID", &one)],
+            &[("clusterID", &one), ("x", &one), ("clusterID", &one)],
+            &[("verb", &one)],
+            &[("new", &one), ("kind", &one)],
+        ];
+        // (header, entries): 2 entries, or 14 under a fixmap (no room for 2 more).
+        let recs = |n: usize| {
+            let mut body = Vec::new();
+            for i in 0..n {
+                let k = if i == 0 {
+                    "kind".to_string()
+                } else if i == 1 {
+                    "verb".into()
+                } else {
+                    format!("k{i}")
+                };
+                crate::forward::protocol::write_str(&mut body, k.as_bytes());
+                body.push(0x07);
+            }
+            let mut fix = vec![0x80 | n as u8];
+            fix.extend_from_slice(&body);
+            let mut m16 = vec![0xde, 0, n as u8];
+            m16.extend_from_slice(&body);
+            let mut m32 = vec![0xdf, 0, 0, 0, n as u8];
+            m32.extend_from_slice(&body);
+            let mut trailing = m16.clone();
+            trailing.push(0xc0);
+            [(fix, true), (m16, true), (m32, true), (trailing, false)]
+        };
+        for n in [2, 14] {
+            for (rec, clean) in recs(n) {
+                let mut tops = vec![Vec::new()];
+                if clean {
+                    let mut r = MsgReader::new(&rec);
+                    r.read_map_len().unwrap();
+                    let mut t = Vec::new();
+                    for _ in 0..n {
+                        t.push(r.pos() as u32);
+                        r.read_str_bytes().unwrap();
+                        r.skip_value().unwrap();
+                    }
+                    t.push(rec.len() as u32);
+                    tops.push(t);
+                }
+                for top in &tops {
+                    for f in sets {
+                        let mut want = Vec::new();
+                        splice(&rec, top, f, &mut want).unwrap();
+                        let (mut got, mut scratch) = (rec.clone(), Vec::new());
+                        set_fields(&mut got, top, f, &mut scratch).unwrap();
+                        assert_eq!(record_json(&got), record_json(&want), "{rec:x?} {f:?}");
+                        let new = f.iter().filter(|(k, _)| *k != "verb" && *k != "kind");
+                        let fresh = new.clone().count() == f.len();
+                        let room = if rec[0] < 0x90 { 15 } else { 0xffff };
+                        let distinct = f
+                            .iter()
+                            .map(|x| x.0)
+                            .collect::<std::collections::HashSet<_>>()
+                            .len();
+                        let in_place = clean && fresh && n + distinct <= room;
+                        assert_eq!(scratch.is_empty(), in_place, "{rec:x?} {f:?}");
+                    }
+                }
+            }
+        }
     }
 
     /// With the transcoder's entry positions `splice` skips parsing; the
