@@ -5,7 +5,7 @@
 
 use crate::config::OnInvalid;
 use crate::filter::apply::{self, Outcome};
-use crate::filter::chain::{Chain, Item, Pool, record_json};
+use crate::filter::chain::{Chain, Item, Pool, Positions, record_json};
 use crate::filter::policy::Policy;
 use crate::forward::batch::{Batcher, Chunk};
 use crate::forward::encode::Transcoder;
@@ -21,6 +21,8 @@ pub struct Processor {
     transcoder: Transcoder,
     rec: Vec<u8>,
     rewritten: Vec<u8>,
+    /// Where `rewritten`'s top-level entries start, then its end.
+    rewritten_top: Vec<u32>,
     policy: Option<Policy>,
     batcher: Batcher,
     tx: mpsc::Sender<Chunk>,
@@ -87,6 +89,7 @@ impl Processor {
             transcoder: Transcoder::default(),
             rec: Vec::with_capacity(16 * 1024),
             rewritten: Vec::with_capacity(16 * 1024),
+            rewritten_top: Vec::new(),
             policy,
             batcher,
             tx,
@@ -243,6 +246,11 @@ impl LineSink for Processor {
         free_if_big(&mut self.rec);
         free_if_big(&mut self.rewritten);
         self.rec.clear();
+        // The record is about as long as the line (a little longer with
+        // many floats): one allocation rather than a chain of regrowths
+        // when the buffer came from the filter pool, with room to append
+        // a few enrichment fields in place.
+        self.rec.reserve(line.len() + 256);
         match self.transcoder.encode(line, &mut self.rec) {
             Ok(fields) => {
                 let t = fields
@@ -257,6 +265,7 @@ impl LineSink for Processor {
                         &self.transcoder.top,
                         &self.rec,
                         &mut self.rewritten,
+                        &mut self.rewritten_top,
                     ),
                     None => Outcome::Keep,
                 };
@@ -280,13 +289,15 @@ impl LineSink for Processor {
                                             .map(std::borrow::Cow::Borrowed)
                                             .unwrap_or_else(|_| String::from_utf8_lossy(line))
                                     });
-                                    (&mut self.rec, json, Some(&self.transcoder.top[..]))
+                                    let top = Positions::Entries(&self.transcoder.top);
+                                    (&mut self.rec, json, top)
                                 }
                                 _ => {
                                     let json = needs.then(|| {
                                         record_json(&self.rewritten).unwrap_or_default().into()
                                     });
-                                    (&mut self.rewritten, json, None)
+                                    let top = Positions::Starts(&self.rewritten_top);
+                                    (&mut self.rewritten, json, top)
                                 }
                             };
                             fq.bytes += rec.len() + json.as_ref().map_or(0, |j| j.len());

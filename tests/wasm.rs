@@ -682,7 +682,7 @@ fn config_reload_checks_filters() {
 /// without the derivation the event would fall back to `keep` untagged.
 #[test]
 fn a_filter_that_needs_json_gets_it_from_items_built_without() {
-    use audit_forwarder::filter::chain::{Chain, OnError, Pool, record_json};
+    use audit_forwarder::filter::chain::{Chain, OnError, Pool, Positions, record_json};
     use audit_forwarder::filter::wasm::Spec;
     use audit_forwarder::forward::encode::Transcoder;
     let spec = Spec {
@@ -700,7 +700,7 @@ fn a_filter_that_needs_json_gets_it_from_items_built_without() {
     let mut pool = Pool::default();
     let mut rec = Vec::new();
     let f = tc.encode(line, &mut rec).unwrap();
-    let mut items = vec![pool.item(&mut rec, None, &f, None)];
+    let mut items = vec![pool.item(&mut rec, None, &f, Positions::Unknown)];
     chain.run(&mut items).unwrap();
     let out: Value = serde_json::from_str(&record_json(&items[0].rec).unwrap()).unwrap();
     assert_eq!(out["probe"], "tag", "{out}");

@@ -42,7 +42,9 @@ pub fn attributes<'a>(f: &'a Fields<'_>) -> Attributes<'a> {
 }
 
 /// Evaluates `policy` for the event and, when the record must change, writes
-/// the new record into `out`.
+/// the new record into `out` and where each of its top-level entries
+/// starts, then its end, into `out_top` (what [`crate::filter::chain::set_fields`]
+/// uses to skip parsing).
 ///
 /// The output level is `min(policy level, event level)`: a policy can only
 /// lower the level, because bodies that were not logged cannot be recovered.
@@ -52,6 +54,7 @@ pub fn apply(
     top: &[TopEntry],
     rec: &[u8],
     out: &mut Vec<u8>,
+    out_top: &mut Vec<u32>,
 ) -> Outcome {
     let d = policy.evaluate(&attributes(f));
     if d.level == Level::None || d.omit_stage {
@@ -71,6 +74,8 @@ pub fn apply(
     }
     let patch = f.verb.as_deref() == Some("patch");
     out.clear();
+    // At most the record's length (the level string may grow by a few).
+    out.reserve(rec.len() + 256);
     let kept = top
         .iter()
         .filter(|e| match e.key {
@@ -80,9 +85,11 @@ pub fn apply(
         })
         .count();
     let _ = rmp::encode::write_map_len(out, kept as u32);
+    out_top.clear();
     for e in top {
         let key = &rec[e.span.start..e.value.start];
         let value = &rec[e.value.clone()];
+        let at = out.len() as u32;
         match e.key {
             TopKey::Level => {
                 out.extend_from_slice(key);
@@ -101,7 +108,11 @@ pub fn apply(
             }
             _ => out.extend_from_slice(&rec[e.span.clone()]),
         }
+        if out.len() as u32 > at {
+            out_top.push(at);
+        }
     }
+    out_top.push(out.len() as u32);
     Outcome::Rewritten
 }
 
@@ -227,11 +238,24 @@ mod tests {
         let mut t = Transcoder::default();
         let mut rec = Vec::new();
         let f = t.encode(event.as_bytes(), &mut rec).unwrap();
-        let mut out = Vec::new();
-        let bytes = match apply(&p, &f, &t.top, &rec, &mut out) {
+        let (mut out, mut out_top) = (Vec::new(), Vec::new());
+        let bytes = match apply(&p, &f, &t.top, &rec, &mut out, &mut out_top) {
             Outcome::Drop => return None,
             Outcome::Keep => rec.clone(),
-            Outcome::Rewritten => out,
+            Outcome::Rewritten => {
+                // The entry positions are the record's: each starts a key,
+                // the last is the end.
+                let mut r = MsgReader::new(&out);
+                let n = r.read_map_len().unwrap() as usize;
+                assert_eq!(out_top.len(), n + 1);
+                for &at in &out_top[..n] {
+                    assert_eq!(r.pos(), at as usize);
+                    r.read_str_bytes().unwrap();
+                    r.skip_value().unwrap();
+                }
+                assert_eq!(out_top[n] as usize, out.len());
+                out
+            }
         };
         let mut json = Vec::new();
         write_value(&mut MsgReader::new(&bytes), &mut json).unwrap();

@@ -62,6 +62,17 @@ impl Item {
     }
 }
 
+/// Where a record's top-level entries are, when the code that wrote it
+/// knows: [`set_fields`] then need not parse it.
+#[derive(Clone, Copy)]
+pub enum Positions<'a> {
+    Unknown,
+    /// The transcoder's entries.
+    Entries(&'a [TopEntry]),
+    /// Where each entry starts, then the end (as the policy writes them).
+    Starts(&'a [u32]),
+}
+
 /// Buffers of emitted items, kept for the next batch so that an event
 /// costs no allocation on its way into the chain.
 #[derive(Default)]
@@ -90,16 +101,20 @@ impl Pool {
         rec: &mut Vec<u8>,
         json: Option<&str>,
         f: &Fields<'_>,
-        top: Option<&[TopEntry]>,
+        top: Positions<'_>,
     ) -> Item {
         let spare = self.recs.pop().unwrap_or_default();
         let text = self.texts.pop().unwrap_or_default();
         self.held -= spare.capacity() + text.capacity();
         let mut bounds = self.tops.pop().unwrap_or_default();
         bounds.clear();
-        if let Some(t) = top.filter(|t| t.len() < 4096) {
-            bounds.extend(t.iter().map(|e| e.span.start as u32));
-            bounds.push(t.last().map_or(0, |e| e.span.end as u32));
+        match top {
+            Positions::Entries(t) if t.len() < 4096 => {
+                bounds.extend(t.iter().map(|e| e.span.start as u32));
+                bounds.push(t.last().map_or(0, |e| e.span.end as u32));
+            }
+            Positions::Starts(t) if t.len() <= 4096 => bounds.extend_from_slice(t),
+            _ => {}
         }
         Item {
             rec: std::mem::replace(rec, spare),
@@ -760,18 +775,18 @@ mod tests {
         let f = Fields::default();
         let mut rec = b"\x80".to_vec();
         let ptr = rec.as_ptr();
-        let it = pool.item(&mut rec, Some("{}"), &f, None);
+        let it = pool.item(&mut rec, Some("{}"), &f, Positions::Unknown);
         assert_eq!(it.rec.as_ptr(), ptr, "moved into the item, not copied");
         assert!(rec.is_empty());
         pool.recycle(it);
         let mut next = b"\x81".to_vec();
-        let it = pool.item(&mut next, Some("{}"), &f, None);
+        let it = pool.item(&mut next, Some("{}"), &f, Positions::Unknown);
         assert_eq!(next.as_ptr(), ptr, "the recycled buffer comes back");
         pool.recycle(it);
         // Big buffers are kept up to POOL_BYTES in all.
         for _ in 0..10 {
             let mut r = Vec::with_capacity(POOL_BUFFER_MAX);
-            let it = pool.item(&mut r, Some("{}"), &f, None);
+            let it = pool.item(&mut r, Some("{}"), &f, Positions::Unknown);
             pool.recycle(it);
             pool.recycle(Item {
                 rec: r,
