@@ -77,6 +77,16 @@ fn free_if_big(v: &mut Vec<u8>) {
     }
 }
 
+/// Makes the empty buffer `v` hold at least `n` bytes: a new allocation
+/// when it is too small (`reserve` would `realloc`, copying the old
+/// allocation's bytes for nothing).
+pub fn fresh_capacity(v: &mut Vec<u8>, n: usize) {
+    debug_assert!(v.is_empty());
+    if v.capacity() < n {
+        *v = Vec::with_capacity(n);
+    }
+}
+
 impl Processor {
     pub fn new(
         batcher: Batcher,
@@ -250,7 +260,7 @@ impl LineSink for Processor {
         // many floats): one allocation rather than a chain of regrowths
         // when the buffer came from the filter pool, with room to append
         // a few enrichment fields in place.
-        self.rec.reserve(line.len() + 256);
+        fresh_capacity(&mut self.rec, line.len() + 256);
         match self.transcoder.encode(line, &mut self.rec) {
             Ok(fields) => {
                 let t = fields

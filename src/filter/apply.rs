@@ -75,7 +75,7 @@ pub fn apply(
     let patch = f.verb.as_deref() == Some("patch");
     out.clear();
     // At most the record's length (the level string may grow by a few).
-    out.reserve(rec.len() + 256);
+    crate::process::fresh_capacity(out, rec.len() + 256);
     let kept = top
         .iter()
         .filter(|e| match e.key {
