@@ -15,7 +15,7 @@
 //! or `stop` (the output stops; nothing after the last acknowledged event
 //! is committed, so a restart resumes there). Each is logged and counted.
 
-use super::wasm::{Batch, Event, LoadError, Span, Spec, Verdict, WasmFilter};
+use super::wasm::{Batch, Event, LoadError, Row, Span, Spec, Verdict, WasmFilter};
 use crate::forward::encode::{Fields, TopEntry, Transcoder};
 use crate::forward::protocol::reader::{MsgReader, ReadError};
 use crate::logging::RateLimit;
@@ -447,7 +447,7 @@ pub struct Chain {
     /// Reused buffers of a call's batch.
     text: Vec<u8>,
     groups: Vec<Span>,
-    events: Vec<Event>,
+    events: Vec<Row>,
 }
 
 /// A result's field set with its values encoded (or why it is unusable).
@@ -528,7 +528,7 @@ impl Chain {
             self.events.clear();
             for s in live.iter().filter_map(|&i| items[i].seen.as_ref()) {
                 let e = s.append(json, &mut self.text, &mut self.groups);
-                self.events.push(e);
+                self.events.push(Row(e));
             }
             let batch = Batch {
                 text: &self.text,

@@ -17,6 +17,7 @@
 //!   file is loaded, configured, and swapped in between batches; a bad one
 //!   is rejected and the old one kept.
 
+mod abi;
 mod stdio;
 
 use sha2::{Digest, Sha256};
@@ -36,9 +37,11 @@ mod bindings {
     });
 }
 
+pub use abi::{Batch, Row};
+
 use bindings::audit_forwarder::filter::types::LogLevel;
 pub use bindings::audit_forwarder::filter::types::{
-    Batch, BatchResult, Event, Field, Needs, Span, Verdict,
+    BatchResult, Event, Field, Needs, Span, Verdict,
 };
 
 /// The WIT package this host implements (guests of any 0.2.x load).
@@ -450,7 +453,9 @@ fn check_version(path: &Path, c: &Component) -> Result<(), LoadError> {
 /// A live instance.
 struct Instance {
     store: Store<State>,
-    bindings: bindings::AuditFilter,
+    /// `filter-batch`, type-checked against [`abi::Batch`] (which lowers
+    /// events in bulk) at instantiation.
+    filter_batch: wasmtime::component::Func,
     /// What `configure` said the filter reads.
     needs: Needs,
 }
@@ -494,11 +499,23 @@ fn instantiate(spec: &Spec, c: &Component) -> Result<Instance, LoadError> {
         .audit_forwarder_filter_filter()
         .call_configure(&mut store, &spec.config)
     {
-        Ok(Ok(needs)) => Ok(Instance {
-            store,
-            bindings,
-            needs,
-        }),
+        Ok(Ok(needs)) => {
+            let filter_batch = *bindings
+                .audit_forwarder_filter_filter()
+                .func_filter_batch()
+                .func();
+            filter_batch
+                .typed::<(Batch<'static>,), (BatchResult,)>(&store)
+                .map_err(|e| LoadError::Instantiate {
+                    path: spec.path.clone(),
+                    msg: format!("{e:#}"),
+                })?;
+            Ok(Instance {
+                store,
+                filter_batch,
+                needs,
+            })
+        }
         Ok(Err(msg)) => Err(LoadError::Configure {
             path: spec.path.clone(),
             msg,
@@ -565,10 +582,14 @@ impl WasmFilter {
         };
         inst.store.data_mut().limits.hit = false;
         inst.store.set_epoch_deadline(ticks(self.spec.timeout));
-        let r = inst
-            .bindings
-            .audit_forwarder_filter_filter()
-            .call_filter_batch(&mut inst.store, batch);
+        // SAFETY: the signature was checked by `typed` at instantiation;
+        // lifetimes do not change it.
+        let f = unsafe {
+            wasmtime::component::TypedFunc::<(Batch<'_>,), (BatchResult,)>::new_unchecked(
+                inst.filter_batch,
+            )
+        };
+        let r = f.call(&mut inst.store, (batch,)).map(|(r,)| r);
         match r {
             Ok(v) if v.verdicts.len() == want => {
                 self.instance = Some(inst);
