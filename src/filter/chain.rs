@@ -79,6 +79,7 @@ pub enum Positions<'a> {
 pub struct Pool {
     recs: Vec<Vec<u8>>,
     texts: Vec<String>,
+    groups: Vec<Vec<(u32, u32)>>,
     tops: Vec<Vec<u32>>,
     /// Capacity of the buffers kept.
     held: usize,
@@ -105,6 +106,7 @@ impl Pool {
     ) -> Item {
         let spare = self.recs.pop().unwrap_or_default();
         let text = self.texts.pop().unwrap_or_default();
+        let groups = self.groups.pop().unwrap_or_default();
         self.held -= spare.capacity() + text.capacity();
         let mut bounds = self.tops.pop().unwrap_or_default();
         bounds.clear();
@@ -118,7 +120,7 @@ impl Pool {
         }
         Item {
             rec: std::mem::replace(rec, spare),
-            seen: Some(Seen::build(text, json, f)),
+            seen: Some(Seen::build(text, groups, json, f)),
             top: bounds,
             dropped: false,
         }
@@ -138,11 +140,14 @@ impl Pool {
         if self.tops.len() < POOL_MAX && it.top.capacity() <= 4096 {
             self.tops.push(it.top);
         }
-        if let Some(s) = it.seen
-            && self.keeps(s.text.capacity(), self.texts.len())
-        {
-            self.held += s.text.capacity();
-            self.texts.push(s.text);
+        if let Some(s) = it.seen {
+            if self.keeps(s.text.capacity(), self.texts.len()) {
+                self.held += s.text.capacity();
+                self.texts.push(s.text);
+            }
+            if self.groups.len() < POOL_MAX && s.groups.capacity() <= 4096 {
+                self.groups.push(s.groups);
+            }
         }
     }
 }
@@ -161,12 +166,17 @@ struct Seen {
 
 impl Seen {
     fn new(json: &str, f: &Fields<'_>) -> Seen {
-        Seen::build(String::new(), Some(json), f)
+        Seen::build(String::new(), Vec::new(), Some(json), f)
     }
 
-    /// Like [`Seen::new`], writing into `text` (cleared first); without the
-    /// JSON text if `json` is `None`.
-    fn build(mut text: String, json: Option<&str>, f: &Fields<'_>) -> Seen {
+    /// Like [`Seen::new`], writing into `text` and `groups` (pooled
+    /// buffers, cleared first); without the JSON text if `json` is `None`.
+    fn build(
+        mut text: String,
+        mut groups: Vec<(u32, u32)>,
+        json: Option<&str>,
+        f: &Fields<'_>,
+    ) -> Seen {
         let has_json = json.is_some();
         let json = json.unwrap_or_default();
         let o = f.object_ref.as_ref();
@@ -197,7 +207,8 @@ impl Seen {
             (start, text.len() as u32)
         };
         let spans = parts.map(&mut put);
-        let groups = f.groups.iter().map(|g| put(g)).collect();
+        groups.clear();
+        groups.extend(f.groups.iter().map(|g| put(g)));
         Seen {
             text,
             spans,
@@ -299,7 +310,16 @@ impl<'a> Entries<'a> {
     fn entry(&mut self, i: usize) -> Result<(usize, &'a [u8], usize), ReadError> {
         if self.known {
             let (start, end) = (self.top[i] as usize, self.top[i + 1] as usize);
-            let key = MsgReader::new(&self.rec[start..end]).read_str_bytes()?;
+            let entry = &self.rec[start..end];
+            // A fixstr key (all of an audit event's) without the reader.
+            let key = match entry.first() {
+                Some(&h @ 0xa0..=0xbf) => entry.get(1..1 + (h & 0x1f) as usize),
+                _ => None,
+            };
+            let key = match key {
+                Some(k) => k,
+                None => MsgReader::new(entry).read_str_bytes()?,
+            };
             return Ok((start, key, end));
         }
         let start = self.r.pos();
