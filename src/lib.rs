@@ -8,6 +8,7 @@ pub mod filter;
 pub mod forward;
 pub mod http;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod pipeline;
 pub mod process;

@@ -107,6 +107,9 @@ pub async fn run(
             tasks.push(tokio::spawn(p));
         }
     }
+    // Start-up is over (filters loaded): its code need not stay resident.
+    let advised = crate::memory::release_startup_pages();
+    tracing::debug!(bytes = advised, "start-up pages released");
     // The webhook spool: delete what every output acknowledged.
     let spool_gc = sources.iter().find(|s| s.kind == "webhook").map(|src| {
         let dir = cfg.spool_dir();
