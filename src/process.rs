@@ -311,7 +311,11 @@ impl LineSink for Processor {
                                 }
                             };
                             fq.bytes += rec.len() + json.as_ref().map_or(0, |j| j.len());
-                            let item = fq.pool.item(rec, json.as_deref(), &fields, top);
+                            // The fields' text from the record, if it is the
+                            // transcoder's.
+                            let spans =
+                                matches!(outcome, Outcome::Keep).then_some(&self.transcoder.spans);
+                            let item = fq.pool.item(rec, json.as_deref(), &fields, top, spans);
                             fq.items.push(item);
                             fq.queue.push(Queued::Event {
                                 time: t,

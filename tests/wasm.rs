@@ -230,6 +230,29 @@ fn guests_read_every_field_from_the_batch() {
         assert_eq!(e["seen"]["username"], expect(o)["username"]);
         assert_eq!(e["clusterID"], "c-1");
     }
+    // A filter that does not need the JSON, first in the chain: its fields
+    // come straight from the encoded records (the transcoder's spans).
+    let out = d.path().join("out-2.jsonl");
+    let (_rx, port) = receiver(&out, &[]);
+    let mut a = forward_args(&log, &d.path().join("state-2"), port);
+    a.extend([
+        "--oneshot".into(),
+        "--set".into(),
+        format!(
+            "output.filters=[{{ wasm = {:?}, config = {{ mode = \"echo\", json = false }} }}]",
+            guest("probe")
+        ),
+    ]);
+    let mut f = spawn_forward(&a);
+    assert_eq!(f.wait_exit(), 0, "{}", f.all_logs());
+    let got = json_values(&read_lines(&out));
+    assert_eq!(got.len(), originals.len());
+    for (o, e) in originals.iter().zip(&got) {
+        let mut seen = e["seen"].clone();
+        assert_eq!(seen["json"], Value::Null, "no JSON asked for");
+        seen.as_object_mut().unwrap().remove("json");
+        assert_eq!(seen, expect(o), "{o}");
+    }
 }
 
 /// The forwarder with policy + a filter chain, end to end.
@@ -700,7 +723,7 @@ fn a_filter_that_needs_json_gets_it_from_items_built_without() {
     let mut pool = Pool::default();
     let mut rec = Vec::new();
     let f = tc.encode(line, &mut rec).unwrap();
-    let mut items = vec![pool.item(&mut rec, None, &f, Positions::Unknown)];
+    let mut items = vec![pool.item(&mut rec, None, &f, Positions::Unknown, Some(&tc.spans))];
     chain.run(&mut items).unwrap();
     let out: Value = serde_json::from_str(&record_json(&items[0].rec).unwrap()).unwrap();
     assert_eq!(out["probe"], "tag", "{out}");

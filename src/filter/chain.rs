@@ -16,7 +16,7 @@
 //! is committed, so a restart resumes there). Each is logged and counted.
 
 use super::wasm::{Batch, Event, LoadError, Row, Span, Spec, Verdict, WasmFilter};
-use crate::forward::encode::{Fields, TopEntry, Transcoder};
+use crate::forward::encode::{FieldSpans, Fields, TopEntry, Transcoder};
 use crate::forward::protocol::reader::{MsgReader, ReadError};
 use crate::logging::RateLimit;
 use crate::metrics::OutputMetrics;
@@ -96,13 +96,16 @@ impl Pool {
     /// [`Item::new`] with `rec`'s buffer, which gets an empty one from the
     /// pool in exchange (no copy), and the text in a reused buffer. `top`:
     /// the transcoder's entries of `rec`, if it is unchanged since. `json`:
-    /// `None` when no filter needs it ([`Chain::needs_json`]).
+    /// `None` when no filter needs it ([`Chain::needs_json`]); then, given
+    /// `spans` (the transcoder's, for this `rec`), the fields' text is not
+    /// copied: the filter's batch takes it from the record.
     pub fn item(
         &mut self,
         rec: &mut Vec<u8>,
         json: Option<&str>,
         f: &Fields<'_>,
         top: Positions<'_>,
+        spans: Option<&FieldSpans>,
     ) -> Item {
         let spare = self.recs.pop().unwrap_or_default();
         let text = self.texts.pop().unwrap_or_default();
@@ -118,9 +121,13 @@ impl Pool {
             Positions::Starts(t) if t.len() <= 4096 => bounds.extend_from_slice(t),
             _ => {}
         }
+        let seen = match spans {
+            Some(sp) if json.is_none() => Seen::in_record(text, groups, sp),
+            _ => Seen::build(text, groups, json, f),
+        };
         Item {
             rec: std::mem::replace(rec, spare),
-            seen: Some(Seen::build(text, groups, json, f)),
+            seen: Some(seen),
             top: bounds,
             dropped: false,
         }
@@ -162,6 +169,8 @@ struct Seen {
     groups: Vec<(u32, u32)>,
     /// Whether the JSON text is there (the first span).
     json: bool,
+    /// The spans are of the item's record (its str bodies), not of `text`.
+    in_rec: bool,
 }
 
 impl Seen {
@@ -214,16 +223,66 @@ impl Seen {
             spans,
             groups,
             json: has_json,
+            in_rec: false,
+        }
+    }
+
+    /// Without JSON, the fields where the transcoder wrote them in the
+    /// record (`text` and `groups` are pooled buffers).
+    fn in_record(text: String, mut groups: Vec<(u32, u32)>, sp: &FieldSpans) -> Seen {
+        groups.clear();
+        groups.extend_from_slice(&sp.groups);
+        Seen {
+            text,
+            spans: sp.slots,
+            groups,
+            json: false,
+            in_rec: true,
         }
     }
 
     /// Appends the text (with the JSON if `json`) to a batch's `text` and
     /// the group names to its `groups`; returns the WIT event, whose spans
     /// point there.
-    fn append(&self, json: bool, text: &mut Vec<u8>, groups: &mut Vec<Span>) -> Event {
+    fn append(&self, rec: &[u8], json: bool, text: &mut Vec<u8>, groups: &mut Vec<Span>) -> Event {
+        let base = text.len() as u32;
+        if self.in_rec {
+            // Each field's bytes from the record (small strings).
+            let mut put = |(a, b): (u32, u32)| {
+                let start = text.len() as u32;
+                text.extend_from_slice(rec.get(a as usize..b as usize).unwrap_or_default());
+                Span {
+                    start,
+                    len: text.len() as u32 - start,
+                }
+            };
+            let g = Span {
+                start: groups.len() as u32,
+                len: self.groups.len() as u32,
+            };
+            groups.extend(self.groups.iter().map(|&p| put(p)));
+            let mut p = |i: usize| put(self.spans[i]);
+            return Event {
+                json: Span {
+                    start: base,
+                    len: 0,
+                },
+                audit_id: p(1),
+                verb: p(2),
+                username: p(3),
+                groups: g,
+                namespace: p(4),
+                resource: p(5),
+                subresource: p(6),
+                name: p(7),
+                api_group: p(8),
+                stage: p(9),
+                level: p(10),
+                request_uri: p(11),
+            };
+        }
         // The JSON is the first part; without it the rest moves up.
         let from = if json { 0 } else { self.spans[0].1 };
-        let base = text.len() as u32;
         text.extend_from_slice(&self.text.as_bytes()[from as usize..]);
         let span = |(a, b): (u32, u32)| Span {
             start: (base + a).saturating_sub(from),
@@ -546,8 +605,9 @@ impl Chain {
             self.text.clear();
             self.groups.clear();
             self.events.clear();
-            for s in live.iter().filter_map(|&i| items[i].seen.as_ref()) {
-                let e = s.append(json, &mut self.text, &mut self.groups);
+            for it in live.iter().map(|&i| &items[i]) {
+                let Some(s) = it.seen.as_ref() else { continue };
+                let e = s.append(&it.rec, json, &mut self.text, &mut self.groups);
                 self.events.push(Row(e));
             }
             let batch = Batch {
@@ -795,18 +855,18 @@ mod tests {
         let f = Fields::default();
         let mut rec = b"\x80".to_vec();
         let ptr = rec.as_ptr();
-        let it = pool.item(&mut rec, Some("{}"), &f, Positions::Unknown);
+        let it = pool.item(&mut rec, Some("{}"), &f, Positions::Unknown, None);
         assert_eq!(it.rec.as_ptr(), ptr, "moved into the item, not copied");
         assert!(rec.is_empty());
         pool.recycle(it);
         let mut next = b"\x81".to_vec();
-        let it = pool.item(&mut next, Some("{}"), &f, Positions::Unknown);
+        let it = pool.item(&mut next, Some("{}"), &f, Positions::Unknown, None);
         assert_eq!(next.as_ptr(), ptr, "the recycled buffer comes back");
         pool.recycle(it);
         // Big buffers are kept up to POOL_BYTES in all.
         for _ in 0..10 {
             let mut r = Vec::with_capacity(POOL_BUFFER_MAX);
-            let it = pool.item(&mut r, Some("{}"), &f, Positions::Unknown);
+            let it = pool.item(&mut r, Some("{}"), &f, Positions::Unknown, None);
             pool.recycle(it);
             pool.recycle(Item {
                 rec: r,

@@ -85,11 +85,68 @@ pub struct Fields<'a> {
     pub object_ref: Option<ObjectRef<'a>>,
 }
 
+/// Where the text of the extracted [`Fields`] is in the encoded record:
+/// byte ranges of msgpack str bodies (unescaped UTF-8), relative to the
+/// record's start; `(0, 0)` for a field the event lacks. The filter chain
+/// passes them to filters without copying the strings out first.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FieldSpans {
+    /// By [`FieldSpans::AUDIT_ID`] ..= [`FieldSpans::REQUEST_URI`]; index 0
+    /// is unused (the filter interface's `json`).
+    pub slots: [(u32, u32); 12],
+    /// `user.groups`, in order.
+    pub groups: Vec<(u32, u32)>,
+}
+
+impl FieldSpans {
+    pub const AUDIT_ID: usize = 1;
+    pub const VERB: usize = 2;
+    pub const USERNAME: usize = 3;
+    pub const NAMESPACE: usize = 4;
+    pub const RESOURCE: usize = 5;
+    pub const SUBRESOURCE: usize = 6;
+    pub const NAME: usize = 7;
+    pub const API_GROUP: usize = 8;
+    pub const STAGE: usize = 9;
+    pub const LEVEL: usize = 10;
+    pub const REQUEST_URI: usize = 11;
+
+    fn index(slot: Slot) -> Option<usize> {
+        Some(match slot {
+            Slot::AuditId => Self::AUDIT_ID,
+            Slot::Verb => Self::VERB,
+            Slot::Username => Self::USERNAME,
+            Slot::Namespace => Self::NAMESPACE,
+            Slot::Resource => Self::RESOURCE,
+            Slot::Subresource => Self::SUBRESOURCE,
+            Slot::Name => Self::NAME,
+            Slot::ApiGroup => Self::API_GROUP,
+            Slot::Stage => Self::STAGE,
+            Slot::Level => Self::LEVEL,
+            Slot::RequestUri => Self::REQUEST_URI,
+            _ => return None,
+        })
+    }
+
+    /// `n` bytes were inserted at `at` (a container's header widened):
+    /// spans after it move.
+    fn shift(&mut self, at: usize, n: usize) {
+        for s in self.slots.iter_mut().chain(self.groups.iter_mut()) {
+            if s.0 as usize > at {
+                s.0 += n as u32;
+                s.1 += n as u32;
+            }
+        }
+    }
+}
+
 /// Reusable JSON → msgpack transcoder.
 #[derive(Debug, Default)]
 pub struct Transcoder {
     /// Top-level entries of the last encoded record.
     pub top: Vec<TopEntry>,
+    /// Where the fields of the last encoded record are in it.
+    pub spans: FieldSpans,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -130,11 +187,15 @@ impl Transcoder {
     ) -> Result<Fields<'a>, JsonError> {
         let start = out.len();
         self.top.clear();
+        self.spans.slots = [(0, 0); 12];
+        self.spans.groups.clear();
         let mut p = Parser {
             s: line,
             i: 0,
+            base: start,
             out,
             top: &mut self.top,
+            spans: &mut self.spans,
         };
         let mut fields = Fields::default();
         let r = (|| {
@@ -172,11 +233,21 @@ impl Transcoder {
 struct Parser<'a, 'o> {
     s: &'a [u8],
     i: usize,
+    /// Where the record starts in `out`.
+    base: usize,
     out: &'o mut Vec<u8>,
     top: &'o mut Vec<TopEntry>,
+    spans: &'o mut FieldSpans,
 }
 
 impl<'a> Parser<'a, '_> {
+    /// The span of the str body of `len` bytes just written (every string
+    /// ends with its body, unescaped).
+    fn last_str(&self, len: usize) -> (u32, u32) {
+        let end = self.out.len() - self.base;
+        ((end - len) as u32, end as u32)
+    }
+
     fn err(&self, what: &'static str) -> JsonError {
         JsonError::Syntax {
             offset: self.i,
@@ -268,9 +339,13 @@ impl<'a> Parser<'a, '_> {
                 e.span = e.span.start + 2..e.span.end + 2;
                 e.value = e.value.start + 2..e.value.end + 2;
             }
+            self.spans.shift(hdr - self.base, 2);
             return Ok(());
         }
-        finish_container(self.out, hdr, count, true);
+        let n = finish_container(self.out, hdr, count, true);
+        if n > 0 {
+            self.spans.shift(hdr - self.base, n);
+        }
         Ok(())
     }
 
@@ -291,6 +366,8 @@ impl<'a> Parser<'a, '_> {
             self.ws();
             if matches!(slot, Slot::Groups) && self.peek() == Some(b'"') {
                 let g = self.string(true)?;
+                let span = self.last_str(g.len());
+                self.spans.groups.push(span);
                 f.groups.push(g);
             } else {
                 self.value(depth + 1, Ctx::Plain, Slot::None, f)?;
@@ -306,7 +383,10 @@ impl<'a> Parser<'a, '_> {
                 _ => return Err(self.err("expected ',' or ']' in an array")),
             }
         }
-        finish_container(self.out, hdr, count, false);
+        let n = finish_container(self.out, hdr, count, false);
+        if n > 0 {
+            self.spans.shift(hdr - self.base, n);
+        }
         Ok(())
     }
 
@@ -324,6 +404,9 @@ impl<'a> Parser<'a, '_> {
                     Slot::User => Ctx::User,
                     Slot::ObjectRef => {
                         f.object_ref = Some(ObjectRef::default());
+                        for i in FieldSpans::NAMESPACE..=FieldSpans::API_GROUP {
+                            self.spans.slots[i] = (0, 0);
+                        }
                         Ctx::ObjectRef
                     }
                     _ => Ctx::Plain,
@@ -333,6 +416,11 @@ impl<'a> Parser<'a, '_> {
             Some(b'[') => self.array(depth, slot, f),
             Some(b'"') => {
                 let s = self.string(!matches!(slot, Slot::None))?;
+                if let Some(i) = FieldSpans::index(slot)
+                    && !(matches!(slot, Slot::Username) && s.is_empty())
+                {
+                    self.spans.slots[i] = self.last_str(s.len());
+                }
                 store(f, slot, s);
                 Ok(())
             }
@@ -862,5 +950,75 @@ mod tests {
             .encode(br#"{"user":{"username":""}}"#, &mut out)
             .unwrap();
         assert_eq!(f.username, None);
+    }
+}
+
+#[cfg(test)]
+mod span_tests {
+    use super::*;
+    use crate::synth::{Generator, Mix};
+
+    /// Checks that every span of [`Transcoder::spans`] holds exactly the
+    /// text of the field it stands for.
+    fn check(line: &str) {
+        let mut tc = Transcoder::default();
+        let mut rec = vec![0xaa; 7]; // the record need not start at 0
+        let f = tc.encode(line.as_bytes(), &mut rec).unwrap();
+        let rec = &rec[7..];
+        let at = |(a, b): (u32, u32)| std::str::from_utf8(&rec[a as usize..b as usize]).unwrap();
+        let d = |v: &Option<Cow<'_, str>>| v.as_deref().unwrap_or_default().to_string();
+        let o = f.object_ref.clone().unwrap_or_default();
+        let want = [
+            (FieldSpans::AUDIT_ID, d(&f.audit_id)),
+            (FieldSpans::VERB, d(&f.verb)),
+            (FieldSpans::USERNAME, d(&f.username)),
+            (FieldSpans::NAMESPACE, o.namespace.to_string()),
+            (FieldSpans::RESOURCE, o.resource.to_string()),
+            (FieldSpans::SUBRESOURCE, o.subresource.to_string()),
+            (FieldSpans::NAME, o.name.to_string()),
+            (FieldSpans::API_GROUP, o.api_group.to_string()),
+            (FieldSpans::STAGE, d(&f.stage)),
+            (FieldSpans::LEVEL, d(&f.level)),
+            (FieldSpans::REQUEST_URI, d(&f.request_uri)),
+        ];
+        for (i, w) in want {
+            assert_eq!(at(tc.spans.slots[i]), w, "slot {i} of {line}");
+        }
+        let groups: Vec<&str> = tc.spans.groups.iter().map(|&g| at(g)).collect();
+        assert_eq!(groups, f.groups, "{line}");
+    }
+
+    #[test]
+    fn field_spans_hold_the_fields_text() {
+        for mix in [Mix::Metadata, Mix::Realistic] {
+            let mut g = Generator::new(7, mix);
+            for _ in 0..300 {
+                check(&g.event());
+            }
+        }
+        let many =
+            |n: usize, f: &dyn Fn(usize) -> String| (0..n).map(f).collect::<Vec<_>>().join(",");
+        for line in [
+            r#"{}"#.to_string(),
+            r#"{"verb":"get","user":{"username":""}}"#.into(),
+            // Escapes and non-ASCII (the body is the unescaped text).
+            r#"{"auditID":"a\"b","user":{"username":"al\u00e9 \ud83d\ude00","groups":["g\\1","","ü"]},"objectRef":{"name":"p\n1","namespace":"né"}}"#.into(),
+            // Duplicates: the last value wins, as in `Fields`; a second
+            // objectRef starts afresh; a non-string value is ignored.
+            r#"{"verb":"get","verb":"list","verb":5,"objectRef":{"name":"x","resource":"r"},"objectRef":{"resource":"s"},"user":{"username":"u"},"user":{"groups":["a"]}}"#.into(),
+            // Containers whose headers widen (more than 15 entries) before,
+            // around and inside the fields.
+            format!(
+                r#"{{"a":{{{}}},"user":{{{},"username":"u","groups":[{}]}},"objectRef":{{{},"name":"n"}},"verb":"v"}}"#,
+                many(20, &|i| format!(r#""k{i}":{i}"#)),
+                many(17, &|i| format!(r#""x{i}":"{i}""#)),
+                many(40, &|i| format!(r#""g{i}""#)),
+                many(18, &|i| format!(r#""y{i}":[{i}]"#)),
+            ),
+            // A top level of more than 65,535 keys (map32).
+            format!(r#"{{"verb":"get",{},"stage":"s"}}"#, many(70_000, &|i| format!(r#""k{i}":0"#))),
+        ] {
+            check(&line);
+        }
     }
 }

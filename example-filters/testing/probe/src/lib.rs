@@ -2,8 +2,9 @@
 //! badly, so that the host's tests can prove each misbehaviour is
 //! contained. Unknown config keys are ignored.
 //!
-//! It says it needs the events' JSON and panics on an event whose `json`
-//! span is not a JSON object (a host bug).
+//! It says it needs the events' JSON (unless config `json = false`) and
+//! panics on an event whose `json` span is not a JSON object, or not empty
+//! when it did not ask for it (a host bug).
 //!
 //! Modes: `tag` (default: sets `"probe": "tag"`), `loop` (never returns),
 //! `alloc` (asks for 1 GiB), `panic`, `panic-on-user` (panics on a batch
@@ -22,6 +23,8 @@ use std::cell::RefCell;
 
 thread_local! {
     static MODE: RefCell<String> = RefCell::new("tag".into());
+    /// Whether it asked for the events' JSON (config `json`, default true).
+    static JSON: RefCell<bool> = const { RefCell::new(true) };
 }
 
 /// A span of the batch's text; panics on a span that is out of range or
@@ -35,7 +38,12 @@ fn text(batch: &Batch, s: Span) -> &str {
 fn seen(batch: &Batch, e: &Event) -> serde_json::Value {
     let t = |s| text(batch, s);
     let groups = &batch.groups[e.groups.start as usize..(e.groups.start + e.groups.len) as usize];
-    let json: serde_json::Value = serde_json::from_str(t(e.json)).expect("json span is JSON");
+    let json: serde_json::Value = if JSON.with(|j| *j.borrow()) {
+        serde_json::from_str(t(e.json)).expect("json span is JSON")
+    } else {
+        assert_eq!(e.json.len, 0, "no JSON asked for, none given");
+        serde_json::Value::Null
+    };
     serde_json::json!({
         "auditID": t(e.audit_id),
         "verb": t(e.verb),
@@ -77,7 +85,9 @@ impl Guest for Probe {
             return Err("this filter refuses its configuration".into());
         }
         MODE.with(|m| *m.borrow_mut() = mode);
-        Ok(Needs::JSON)
+        let json = c["json"].as_bool().unwrap_or(true);
+        JSON.with(|j| *j.borrow_mut() = json);
+        Ok(if json { Needs::JSON } else { Needs::empty() })
     }
 
     fn filter_batch(batch: Batch) -> BatchResult {
@@ -131,9 +141,11 @@ impl Guest for Probe {
             },
             _ => {
                 for e in &batch.events {
-                    let v: serde_json::Value =
-                        serde_json::from_str(text(&batch, e.json)).expect("json span is JSON");
-                    assert!(v.is_object(), "json span is an object");
+                    let v = seen(&batch, e);
+                    assert!(
+                        v["json"].is_object() || !JSON.with(|j| *j.borrow()),
+                        "json span is an object"
+                    );
                 }
                 BatchResult {
                     verdicts: vec![Verdict::SetFields(0); n],
