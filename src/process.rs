@@ -316,7 +316,10 @@ impl LineSink for Processor {
                             // transcoder's.
                             let spans =
                                 matches!(outcome, Outcome::Keep).then_some(&self.transcoder.spans);
-                            let item = fq.pool.item(rec, json.as_deref(), &fields, top, spans);
+                            let keys = Some(self.transcoder.keys);
+                            let item =
+                                fq.pool
+                                    .item(rec, json.as_deref(), &fields, top, spans, keys);
                             fq.items.push(item);
                             fq.queue.push(Queued::Event {
                                 time: t,

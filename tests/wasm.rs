@@ -723,7 +723,14 @@ fn a_filter_that_needs_json_gets_it_from_items_built_without() {
     let mut pool = Pool::default();
     let mut rec = Vec::new();
     let f = tc.encode(line, &mut rec).unwrap();
-    let mut items = vec![pool.item(&mut rec, None, &f, Positions::Unknown, Some(&tc.spans))];
+    let mut items = vec![pool.item(
+        &mut rec,
+        None,
+        &f,
+        Positions::Unknown,
+        Some(&tc.spans),
+        None,
+    )];
     chain.run(&mut items).unwrap();
     let out: Value = serde_json::from_str(&record_json(&items[0].rec).unwrap()).unwrap();
     assert_eq!(out["probe"], "tag", "{out}");

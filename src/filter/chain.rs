@@ -16,7 +16,7 @@
 //! is committed, so a restart resumes there). Each is logged and counted.
 
 use super::wasm::{Batch, Event, LoadError, Row, Span, Spec, Verdict, WasmFilter};
-use crate::forward::encode::{FieldSpans, Fields, TopEntry, Transcoder};
+use crate::forward::encode::{FieldSpans, Fields, TopEntry, Transcoder, key_bit};
 use crate::forward::protocol::reader::{MsgReader, ReadError};
 use crate::logging::RateLimit;
 use crate::metrics::OutputMetrics;
@@ -46,6 +46,9 @@ pub struct Item {
     /// Where `rec`'s top-level entries start, then its end (from the
     /// transcoder), so `splice` need not parse it; empty when unknown.
     top: Vec<u32>,
+    /// The transcoder's [`key_bit`]s of the record's top-level keys (of a
+    /// superset, after the policy removed some); `None` when unknown.
+    keys: Option<u64>,
     pub dropped: bool,
 }
 
@@ -57,6 +60,7 @@ impl Item {
             rec,
             seen: Some(Seen::new(json, f)),
             top: Vec::new(),
+            keys: None,
             dropped: false,
         }
     }
@@ -106,6 +110,7 @@ impl Pool {
         f: &Fields<'_>,
         top: Positions<'_>,
         spans: Option<&FieldSpans>,
+        keys: Option<u64>,
     ) -> Item {
         let spare = self.recs.pop().unwrap_or_default();
         let text = self.texts.pop().unwrap_or_default();
@@ -129,6 +134,7 @@ impl Pool {
             rec: std::mem::replace(rec, spare),
             seen: Some(seen),
             top: bounds,
+            keys,
             dropped: false,
         }
     }
@@ -397,10 +403,13 @@ fn last<K: AsRef<str>, V>(fields: &[(K, V)], k: &[u8]) -> Option<usize> {
 /// When every key is new and the map's header has room for them (the
 /// transcoder writes map16), they are appended to `rec` in place and the
 /// count patched: enrichment copies nothing. Otherwise [`splice`] builds
-/// the record in `scratch`, which is swapped in.
+/// the record in `scratch`, which is swapped in. `keys`: the
+/// [`key_bit`]s of `rec`'s keys, if known: when no field's bit is among
+/// them (and `top` fits), the keys are not scanned.
 pub fn set_fields<K: AsRef<str>, V: AsRef<[u8]>>(
     rec: &mut Vec<u8>,
     top: &[u32],
+    keys: Option<u64>,
     fields: &[(K, V)],
     scratch: &mut Vec<u8>,
 ) -> Result<(), ReadError> {
@@ -408,12 +417,21 @@ pub fn set_fields<K: AsRef<str>, V: AsRef<[u8]>>(
     let mut fresh = true;
     // Where the last entry ends: the record must end there too.
     let mut end = e.start();
-    for i in 0..e.n {
-        let (_, key, stop) = e.entry(i)?;
-        end = stop;
-        if last(fields, key).is_some() {
-            fresh = false;
-            break;
+    let absent = keys.is_some_and(|k| {
+        fields
+            .iter()
+            .all(|(f, _)| k & key_bit(f.as_ref().as_bytes()) == 0)
+    });
+    if absent && e.known {
+        end = top[e.n] as usize;
+    } else {
+        for i in 0..e.n {
+            let (_, key, stop) = e.entry(i)?;
+            end = stop;
+            if last(fields, key).is_some() {
+                fresh = false;
+                break;
+            }
         }
     }
     let n = e.n;
@@ -689,6 +707,7 @@ impl Chain {
                         std::mem::swap(&mut it.rec, &mut self.scratch);
                         it.seen = Some(new);
                         it.top.clear();
+                        it.keys = None;
                     }
                     Err(e) => self.bad_verdict(
                         name,
@@ -708,9 +727,10 @@ impl Chain {
                         return self.bad_verdict(name, on_error, it, &msg);
                     }
                 };
-                match set_fields(&mut it.rec, &it.top, set, &mut self.spliced) {
+                match set_fields(&mut it.rec, &it.top, it.keys, set, &mut self.spliced) {
                     Ok(()) => {
                         it.top.clear();
+                        it.keys = None;
                         // Derived again if another filter follows.
                         it.seen = None;
                     }
@@ -855,23 +875,24 @@ mod tests {
         let f = Fields::default();
         let mut rec = b"\x80".to_vec();
         let ptr = rec.as_ptr();
-        let it = pool.item(&mut rec, Some("{}"), &f, Positions::Unknown, None);
+        let it = pool.item(&mut rec, Some("{}"), &f, Positions::Unknown, None, None);
         assert_eq!(it.rec.as_ptr(), ptr, "moved into the item, not copied");
         assert!(rec.is_empty());
         pool.recycle(it);
         let mut next = b"\x81".to_vec();
-        let it = pool.item(&mut next, Some("{}"), &f, Positions::Unknown, None);
+        let it = pool.item(&mut next, Some("{}"), &f, Positions::Unknown, None, None);
         assert_eq!(next.as_ptr(), ptr, "the recycled buffer comes back");
         pool.recycle(it);
         // Big buffers are kept up to POOL_BYTES in all.
         for _ in 0..10 {
             let mut r = Vec::with_capacity(POOL_BUFFER_MAX);
-            let it = pool.item(&mut r, Some("{}"), &f, Positions::Unknown, None);
+            let it = pool.item(&mut r, Some("{}"), &f, Positions::Unknown, None, None);
             pool.recycle(it);
             pool.recycle(Item {
                 rec: r,
                 seen: None,
                 top: Vec::new(),
+                keys: None,
                 dropped: false,
             });
         }
@@ -988,8 +1009,18 @@ mod tests {
                         let mut want = Vec::new();
                         splice(&rec, top, f, &mut want).unwrap();
                         let (mut got, mut scratch) = (rec.clone(), Vec::new());
-                        set_fields(&mut got, top, f, &mut scratch).unwrap();
+                        set_fields(&mut got, top, None, f, &mut scratch).unwrap();
                         assert_eq!(record_json(&got), record_json(&want), "{rec:x?} {f:?}");
+                        // With the keys' bits known the result is the same.
+                        let mut r = MsgReader::new(&rec);
+                        let mut bits = 0;
+                        for _ in 0..r.read_map_len().unwrap() {
+                            bits |= key_bit(r.read_str_bytes().unwrap());
+                            r.skip_value().unwrap();
+                        }
+                        let (mut fast, mut s2) = (rec.clone(), Vec::new());
+                        set_fields(&mut fast, top, Some(bits), f, &mut s2).unwrap();
+                        assert_eq!(fast, got, "{rec:x?} {f:?}");
                         let new = f.iter().filter(|(k, _)| *k != "verb" && *k != "kind");
                         let fresh = new.clone().count() == f.len();
                         let room = if rec[0] < 0x90 { 15 } else { 0xffff };

@@ -147,6 +147,22 @@ pub struct Transcoder {
     pub top: Vec<TopEntry>,
     /// Where the fields of the last encoded record are in it.
     pub spans: FieldSpans,
+    /// [`key_bit`] of each of its top-level keys, or-ed: a key whose bit is
+    /// not set is not among them.
+    pub keys: u64,
+}
+
+/// One bit of 64 for a top-level key (length and first and last byte
+/// mixed), for [`Transcoder::keys`].
+#[inline]
+pub fn key_bit(key: &[u8]) -> u64 {
+    let (a, z) = match key {
+        [] => (0, 0),
+        [a, .., z] => (*a as u32, *z as u32),
+        [a] => (*a as u32, *a as u32),
+    };
+    let h = ((key.len() as u32) << 16 | a << 8 | z).wrapping_mul(0x9e37_79b9);
+    1 << (h >> 26)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -189,6 +205,7 @@ impl Transcoder {
         self.top.clear();
         self.spans.slots = [(0, 0); 12];
         self.spans.groups.clear();
+        self.keys = 0;
         let mut p = Parser {
             s: line,
             i: 0,
@@ -196,6 +213,7 @@ impl Transcoder {
             out,
             top: &mut self.top,
             spans: &mut self.spans,
+            keys: &mut self.keys,
         };
         let mut fields = Fields::default();
         let r = (|| {
@@ -238,6 +256,7 @@ struct Parser<'a, 'o> {
     out: &'o mut Vec<u8>,
     top: &'o mut Vec<TopEntry>,
     spans: &'o mut FieldSpans,
+    keys: &'o mut u64,
 }
 
 impl<'a> Parser<'a, '_> {
@@ -305,6 +324,9 @@ impl<'a> Parser<'a, '_> {
             let key = self.string(ctx != Ctx::Plain)?;
             self.expect(b':', "expected ':' after a key")?;
             self.ws();
+            if ctx == Ctx::Top {
+                *self.keys |= key_bit(key.as_bytes());
+            }
             let (slot, tk) = slot_for(ctx, &key);
             let value_start = self.out.len();
             self.value(depth + 1, ctx, slot, f)?;
