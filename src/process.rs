@@ -117,6 +117,7 @@ impl Processor {
     /// Runs `chain` on batches of `batch` events after the policy.
     pub fn with_filters(mut self, chain: Chain, batch: usize) -> Self {
         if !chain.is_empty() {
+            self.transcoder.track_keys = true;
             self.filters = Some(Filters {
                 chain,
                 queue: Vec::new(),
@@ -316,7 +317,7 @@ impl LineSink for Processor {
                             // transcoder's.
                             let spans =
                                 matches!(outcome, Outcome::Keep).then_some(&self.transcoder.spans);
-                            let keys = Some(self.transcoder.keys);
+                            let keys = self.transcoder.track_keys.then_some(self.transcoder.keys);
                             let item =
                                 fq.pool
                                     .item(rec, json.as_deref(), &fields, top, spans, keys);

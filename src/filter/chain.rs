@@ -16,7 +16,7 @@
 //! is committed, so a restart resumes there). Each is logged and counted.
 
 use super::wasm::{Batch, Event, LoadError, Row, Span, Spec, Verdict, WasmFilter};
-use crate::forward::encode::{FieldSpans, Fields, TopEntry, Transcoder, key_bit};
+use crate::forward::encode::{FieldSpans, Fields, TopEntry, Transcoder, key_bits};
 use crate::forward::protocol::reader::{MsgReader, ReadError};
 use crate::logging::RateLimit;
 use crate::metrics::OutputMetrics;
@@ -46,9 +46,9 @@ pub struct Item {
     /// Where `rec`'s top-level entries start, then its end (from the
     /// transcoder), so `splice` need not parse it; empty when unknown.
     top: Vec<u32>,
-    /// The transcoder's [`key_bit`]s of the record's top-level keys (of a
+    /// The transcoder's [`key_bits`] of the record's top-level keys (of a
     /// superset, after the policy removed some); `None` when unknown.
-    keys: Option<u64>,
+    keys: Option<u128>,
     pub dropped: bool,
 }
 
@@ -110,7 +110,7 @@ impl Pool {
         f: &Fields<'_>,
         top: Positions<'_>,
         spans: Option<&FieldSpans>,
-        keys: Option<u64>,
+        keys: Option<u128>,
     ) -> Item {
         let spare = self.recs.pop().unwrap_or_default();
         let text = self.texts.pop().unwrap_or_default();
@@ -404,12 +404,12 @@ fn last<K: AsRef<str>, V>(fields: &[(K, V)], k: &[u8]) -> Option<usize> {
 /// transcoder writes map16), they are appended to `rec` in place and the
 /// count patched: enrichment copies nothing. Otherwise [`splice`] builds
 /// the record in `scratch`, which is swapped in. `keys`: the
-/// [`key_bit`]s of `rec`'s keys, if known: when no field's bit is among
-/// them (and `top` fits), the keys are not scanned.
+/// [`key_bits`] of `rec`'s keys, if known: when every field misses a bit
+/// of them (and `top` fits), the keys are not scanned.
 pub fn set_fields<K: AsRef<str>, V: AsRef<[u8]>>(
     rec: &mut Vec<u8>,
     top: &[u32],
-    keys: Option<u64>,
+    keys: Option<u128>,
     fields: &[(K, V)],
     scratch: &mut Vec<u8>,
 ) -> Result<(), ReadError> {
@@ -418,9 +418,10 @@ pub fn set_fields<K: AsRef<str>, V: AsRef<[u8]>>(
     // Where the last entry ends: the record must end there too.
     let mut end = e.start();
     let absent = keys.is_some_and(|k| {
-        fields
-            .iter()
-            .all(|(f, _)| k & key_bit(f.as_ref().as_bytes()) == 0)
+        fields.iter().all(|(f, _)| {
+            let b = key_bits(f.as_ref().as_bytes());
+            k & b != b
+        })
     });
     if absent && e.known {
         end = top[e.n] as usize;
@@ -1015,7 +1016,7 @@ mod tests {
                         let mut r = MsgReader::new(&rec);
                         let mut bits = 0;
                         for _ in 0..r.read_map_len().unwrap() {
-                            bits |= key_bit(r.read_str_bytes().unwrap());
+                            bits |= key_bits(r.read_str_bytes().unwrap());
                             r.skip_value().unwrap();
                         }
                         let (mut fast, mut s2) = (rec.clone(), Vec::new());
