@@ -252,7 +252,16 @@ impl Seen {
     /// point there.
     fn append(&self, rec: &[u8], json: bool, text: &mut Vec<u8>, groups: &mut Vec<Span>) -> Event {
         let base = text.len() as u32;
-        if self.in_rec {
+        let g = Span {
+            start: groups.len() as u32,
+            len: self.groups.len() as u32,
+        };
+        let none = Span {
+            start: base,
+            len: 0,
+        };
+        // In the order of `spans`: json, audit-id, verb, username, ...
+        let s: [Span; 12] = if self.in_rec {
             // Each field's bytes from the record (small strings).
             let mut put = |(a, b): (u32, u32)| {
                 let start = text.len() as u32;
@@ -262,65 +271,39 @@ impl Seen {
                     len: text.len() as u32 - start,
                 }
             };
-            let g = Span {
-                start: groups.len() as u32,
-                len: self.groups.len() as u32,
-            };
             groups.extend(self.groups.iter().map(|&p| put(p)));
-            let mut p = |i: usize| put(self.spans[i]);
-            return Event {
-                json: Span {
-                    start: base,
-                    len: 0,
-                },
-                audit_id: p(1),
-                verb: p(2),
-                username: p(3),
-                groups: g,
-                namespace: p(4),
-                resource: p(5),
-                subresource: p(6),
-                name: p(7),
-                api_group: p(8),
-                stage: p(9),
-                level: p(10),
-                request_uri: p(11),
+            std::array::from_fn(|i| if i == 0 { none } else { put(self.spans[i]) })
+        } else {
+            // The JSON is the first part; without it the rest moves up.
+            let from = if json { 0 } else { self.spans[0].1 };
+            text.extend_from_slice(&self.text.as_bytes()[from as usize..]);
+            let span = |(a, b): (u32, u32)| Span {
+                start: (base + a).saturating_sub(from),
+                len: b - a,
             };
-        }
-        // The JSON is the first part; without it the rest moves up.
-        let from = if json { 0 } else { self.spans[0].1 };
-        text.extend_from_slice(&self.text.as_bytes()[from as usize..]);
-        let span = |(a, b): (u32, u32)| Span {
-            start: (base + a).saturating_sub(from),
-            len: b - a,
-        };
-        let g = Span {
-            start: groups.len() as u32,
-            len: self.groups.len() as u32,
-        };
-        groups.extend(self.groups.iter().map(|&p| span(p)));
-        let p = |i: usize| span(self.spans[i]);
-        Event {
-            json: if json {
-                p(0)
-            } else {
-                Span {
-                    start: base,
-                    len: 0,
+            groups.extend(self.groups.iter().map(|&p| span(p)));
+            std::array::from_fn(|i| {
+                if i == 0 && !json {
+                    none
+                } else {
+                    span(self.spans[i])
                 }
-            },
-            audit_id: p(1),
-            verb: p(2),
-            username: p(3),
+            })
+        };
+        Event {
+            json: s[0],
+            audit_id: s[1],
+            verb: s[2],
+            username: s[3],
             groups: g,
-            namespace: p(4),
-            resource: p(5),
-            subresource: p(6),
-            name: p(7),
-            api_group: p(8),
-            stage: p(9),
-            level: p(10),
-            request_uri: p(11),
+            namespace: s[4],
+            resource: s[5],
+            subresource: s[6],
+            name: s[7],
+            api_group: s[8],
+            stage: s[9],
+            level: s[10],
+            request_uri: s[11],
         }
     }
 }
