@@ -73,17 +73,20 @@ pub fn apply(
         return Outcome::Keep;
     }
     let patch = f.verb.as_deref() == Some("patch");
+    let (mut kept, mut bytes) = (0, 0);
+    for e in top.iter().filter(|e| match e.key {
+        TopKey::RequestObject => level >= Level::Request,
+        TopKey::ResponseObject => level >= Level::RequestResponse,
+        _ => true,
+    }) {
+        kept += 1;
+        bytes += e.span.len();
+    }
     out.clear();
-    // At most the record's length (the level string may grow by a few).
-    crate::process::fresh_capacity(out, rec.len() + 256);
-    let kept = top
-        .iter()
-        .filter(|e| match e.key {
-            TopKey::RequestObject => level >= Level::Request,
-            TopKey::ResponseObject => level >= Level::RequestResponse,
-            _ => true,
-        })
-        .count();
+    // At most the kept entries (a new level string is at most a few bytes
+    // longer): a record whose bodies are dropped gets a small buffer, not
+    // one the size of the event.
+    crate::process::fresh_capacity(out, bytes + 256);
     let _ = rmp::encode::write_map_len(out, kept as u32);
     out_top.clear();
     for e in top {
