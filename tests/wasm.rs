@@ -24,6 +24,22 @@ fn guest(name: &str) -> PathBuf {
     p
 }
 
+/// `forward --oneshot` over `log` into a fresh receiver, with `--set`
+/// each of `sets` (state in `dir/state-<name>`); the exit must be 0;
+/// returns what the receiver wrote.
+fn forward_oneshot(log: &Path, dir: &Path, name: &str, sets: &[String]) -> Vec<Value> {
+    let out = dir.join(format!("out-{name}.jsonl"));
+    let (_rx, port) = receiver(&out, &[]);
+    let mut a = forward_args(log, &dir.join(format!("state-{name}")), port);
+    a.push("--oneshot".into());
+    for s in sets {
+        a.extend(["--set".into(), s.clone()]);
+    }
+    let mut f = spawn_forward(&a);
+    assert_eq!(f.wait_exit(), 0, "{}", f.all_logs());
+    json_values(&read_lines(&out))
+}
+
 /// `filter test` over `input`; returns the result lines.
 fn filter_test(wasm: &[PathBuf], config: &[&str], input: &str) -> (i32, Vec<Value>, String) {
     let mut cmd = Command::new(BIN);
@@ -206,22 +222,17 @@ fn guests_read_every_field_from_the_batch() {
     // event, derived from its record.
     let d = tempfile::tempdir().unwrap();
     let log = d.path().join("audit.log");
-    let out = d.path().join("out.jsonl");
     std::fs::write(&log, &text).unwrap();
-    let (_rx, port) = receiver(&out, &[]);
-    let mut a = forward_args(&log, &d.path().join("state"), port);
-    a.extend([
-        "--oneshot".into(),
-        "--set".into(),
-        format!(
+    let got = forward_oneshot(
+        &log,
+        d.path(),
+        "chain",
+        &[format!(
             "output.filters=[{{ wasm = {:?}, config = {{ cluster = \"c-1\" }} }}, {{ wasm = {:?}, config = {{ mode = \"echo\" }} }}]",
             guest("add_cluster_id"),
             guest("probe")
-        ),
-    ]);
-    let mut f = spawn_forward(&a);
-    assert_eq!(f.wait_exit(), 0, "{}", f.all_logs());
-    let got = json_values(&read_lines(&out));
+        )],
+    );
     assert_eq!(got.len(), originals.len());
     for (o, e) in originals.iter().zip(&got) {
         let mut want = o.clone();
@@ -232,20 +243,15 @@ fn guests_read_every_field_from_the_batch() {
     }
     // A filter that does not need the JSON, first in the chain: its fields
     // come straight from the encoded records (the transcoder's spans).
-    let out = d.path().join("out-2.jsonl");
-    let (_rx, port) = receiver(&out, &[]);
-    let mut a = forward_args(&log, &d.path().join("state-2"), port);
-    a.extend([
-        "--oneshot".into(),
-        "--set".into(),
-        format!(
+    let got = forward_oneshot(
+        &log,
+        d.path(),
+        "no-json",
+        &[format!(
             "output.filters=[{{ wasm = {:?}, config = {{ mode = \"echo\", json = false }} }}]",
             guest("probe")
-        ),
-    ]);
-    let mut f = spawn_forward(&a);
-    assert_eq!(f.wait_exit(), 0, "{}", f.all_logs());
-    let got = json_values(&read_lines(&out));
+        )],
+    );
     assert_eq!(got.len(), originals.len());
     for (o, e) in originals.iter().zip(&got) {
         let mut seen = e["seen"].clone();
@@ -260,25 +266,21 @@ fn guests_read_every_field_from_the_batch() {
 fn forwarder_with_policy_and_filter_chain() {
     let d = tempfile::tempdir().unwrap();
     let log = d.path().join("audit.log");
-    let out = d.path().join("out.jsonl");
     let mut api = ApiServerLog::new(&log, 82, Mix::Realistic);
     api.write(1500);
-    let (_rx, port) = receiver(&out, &[]);
-    let mut a = forward_args(&log, &d.path().join("state"), port);
-    a.extend([
-        "--oneshot".into(),
-        "--set".into(),
-        "output.policy=\"recommended\"".into(),
-        "--set".into(),
-        format!(
-            "output.filters=[{{ wasm = {:?} }}, {{ wasm = {:?}, config = {{ cluster = \"shoot--a\" }} }}]",
-            guest("drop_read_only"),
-            guest("add_cluster_id")
-        ),
-    ]);
-    let mut f = spawn_forward(&a);
-    assert_eq!(f.wait_exit(), 0, "{}", f.all_logs());
-    let got = json_values(&read_lines(&out));
+    let got = forward_oneshot(
+        &log,
+        d.path(),
+        "chain",
+        &[
+            "output.policy=\"recommended\"".into(),
+            format!(
+                "output.filters=[{{ wasm = {:?} }}, {{ wasm = {:?}, config = {{ cluster = \"shoot--a\" }} }}]",
+                guest("drop_read_only"),
+                guest("add_cluster_id")
+            ),
+        ],
+    );
     // What `policy eval` says the recommended policy keeps, minus system reads.
     let written: Vec<Value> = api.written.iter().map(|l| json_value(l)).collect();
     let ids: HashSet<String> = got.iter().map(|e| e["auditID"].to_string()).collect();
