@@ -295,6 +295,7 @@ impl Client {
         };
         let mut sd = self.shutdown.clone();
         self.m.set_connected(true);
+        let mut lines = Vec::new();
         loop {
             let c = tokio::select! {
                 c = self.rx.recv() => c,
@@ -304,16 +305,19 @@ impl Client {
                 return ClientEnd::Drained;
             };
             if !c.payload.is_empty() {
-                let mut lines = Vec::with_capacity(c.payload.len() * 2);
+                lines.clear();
+                lines.reserve(c.payload.len() * 2);
                 if let Err(e) =
                     crate::forward::server::message::decode(&c.payload, usize::MAX, &mut lines)
                 {
                     warn!(error = %e, "internal: cannot decode an own chunk");
                 }
-                if let Err(e) = writer.write(lines).await {
+                let (r, back) = writer.write(std::mem::take(&mut lines)).await;
+                if let Err(e) = r {
                     warn!(error = %e, "writing the output failed; stopping this output");
                     return ClientEnd::Shutdown { unacked: 1 };
                 }
+                lines = back;
                 self.m.chunks_sent.inc();
                 self.m.events_sent.inc_by(c.events);
                 self.m.events_acked.inc_by(c.events);

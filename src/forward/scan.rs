@@ -1,8 +1,9 @@
 //! Byte scanners for the two JSON hot loops: the encoder looking for the end
 //! of a string (RFC 8259 §7) and the receiver looking for bytes it must
-//! escape. Sixteen bytes at a time with SSE2 (part of every x86_64 CPU),
-//! one at a time elsewhere; both answer exactly what the one-byte
-//! definitions below say (property-tested against them). (AVX2 with
+//! escape (copying what it need not escape in the same pass). Sixteen bytes
+//! at a time with SSE2 (part of every x86_64 CPU), one at a time elsewhere;
+//! both answer exactly what the one-byte definitions below say
+//! (property-tested against them). (AVX2 with
 //! run-time detection was tried: the strings of audit events are mostly
 //! short, and the detection cost more than the wider blocks saved.)
 
@@ -16,10 +17,14 @@ pub fn is_string_special(b: u8) -> bool {
 
 /// Does the receiver have to look closer at `b` when writing it in a JSON
 /// string: a quote, a backslash, a control character, `<`, `>` or `&`
-/// (escaped like Go's encoder does) or 0xE2 (may start U+2028/U+2029)?
+/// (escaped like Go's encoder does), or a non-ASCII byte: any of them while
+/// the string's UTF-8 is not yet validated (`utf8_ok` false), only 0xE2
+/// (may start U+2028/U+2029) after.
 #[inline]
-pub fn is_escape_candidate(b: u8) -> bool {
-    matches!(b, b'"' | b'\\' | b'<' | b'>' | b'&' | 0xE2) || b < 0x20
+pub fn is_escape_candidate(b: u8, utf8_ok: bool) -> bool {
+    matches!(b, b'"' | b'\\' | b'<' | b'>' | b'&')
+        || b < 0x20
+        || (b >= 0x80 && (!utf8_ok || b == 0xE2))
 }
 
 /// Index of the first byte at or after `from` with [`is_string_special`],
@@ -36,17 +41,26 @@ pub fn string_special(s: &[u8], from: usize) -> usize {
     }
 }
 
-/// Index of the first byte at or after `from` with [`is_escape_candidate`],
-/// or `s.len()`.
+/// Appends to `out` the bytes of `buf[at..at + len]` up to the first one
+/// with [`is_escape_candidate`], and returns how many it appended (`len` if
+/// there is none). Bytes of `buf` after the string may be read, never
+/// copied: that lets SSE2 take every string, however short, in 16-byte
+/// blocks, scanning and copying in the same pass.
 #[inline]
-pub fn escape_candidate(s: &[u8], from: usize) -> usize {
+pub fn copy_plain(out: &mut Vec<u8>, buf: &[u8], at: usize, len: usize, utf8_ok: bool) -> usize {
     #[cfg(target_arch = "x86_64")]
     {
-        sse2::escape_candidate(s, from)
+        sse2::copy_plain(out, buf, at, len, utf8_ok)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        scalar(s, from, is_escape_candidate)
+        let s = &buf[at..at + len];
+        let n = s
+            .iter()
+            .position(|&b| is_escape_candidate(b, utf8_ok))
+            .unwrap_or(len);
+        out.extend_from_slice(&s[..n]);
+        n
     }
 }
 
@@ -120,24 +134,70 @@ mod sse2 {
     }
 
     #[inline(always)]
-    fn escape_mask(v: __m128i) -> i32 {
+    fn escape_mask(v: __m128i, utf8_ok: bool) -> i32 {
         unsafe {
             let eq = |c: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8));
-            // Unsigned v <= 0x1f: max(v, 0x1f) == 0x1f.
-            let lim = _mm_set1_epi8(0x1f);
-            let ctl = _mm_cmpeq_epi8(_mm_max_epu8(v, lim), lim);
+            let ctl = if utf8_ok {
+                // Unsigned v <= 0x1f: max(v, 0x1f) == 0x1f; and 0xE2.
+                let lim = _mm_set1_epi8(0x1f);
+                _mm_or_si128(_mm_cmpeq_epi8(_mm_max_epu8(v, lim), lim), eq(0xE2))
+            } else {
+                // Signed compare: "< 0x20 or >= 0x80".
+                _mm_cmplt_epi8(v, _mm_set1_epi8(0x20))
+            };
             let a = _mm_or_si128(_mm_or_si128(eq(b'"'), eq(b'\\')), ctl);
             let b = _mm_or_si128(_mm_or_si128(eq(b'<'), eq(b'>')), eq(b'&'));
-            _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(a, b), eq(0xE2)))
+            _mm_movemask_epi8(_mm_or_si128(a, b))
         }
+    }
+
+    pub fn copy_plain(
+        out: &mut Vec<u8>,
+        buf: &[u8],
+        at: usize,
+        len: usize,
+        utf8_ok: bool,
+    ) -> usize {
+        assert!(at <= buf.len() && len <= buf.len() - at);
+        // Each block stores 16 bytes at `base + i` with `i < len`.
+        out.reserve(len + 16);
+        let base = out.len();
+        let mut i = 0;
+        while i < len {
+            let rem = len - i;
+            // SAFETY: 16 bytes are read from `buf` only when they are inside
+            // it; otherwise the tail (then under 16 bytes, as the string ends
+            // inside `buf`) goes through a zeroed copy.
+            let v = unsafe {
+                if at + i + 16 <= buf.len() {
+                    _mm_loadu_si128(buf.as_ptr().add(at + i).cast())
+                } else {
+                    let mut pad = [0u8; 16];
+                    pad[..rem].copy_from_slice(&buf[at + i..at + len]);
+                    _mm_loadu_si128(pad.as_ptr().cast())
+                }
+            };
+            let mut m = escape_mask(v, utf8_ok);
+            if rem < 16 {
+                m &= (1 << rem) - 1;
+            }
+            // SAFETY: `base + i + 16 <= base + len + 16 <= capacity`
+            // (reserved above); the bytes become part of `out` only up to
+            // the length set below.
+            unsafe { _mm_storeu_si128(out.as_mut_ptr().add(base + i).cast(), v) };
+            if m != 0 {
+                i += m.trailing_zeros() as usize;
+                break;
+            }
+            i += rem.min(16);
+        }
+        // SAFETY: bytes `base..base + i` were written above, `i <= len`.
+        unsafe { out.set_len(base + i) };
+        i
     }
 
     pub fn string_special(s: &[u8], from: usize) -> usize {
         find(s, from, string_mask)
-    }
-
-    pub fn escape_candidate(s: &[u8], from: usize) -> usize {
-        find(s, from, escape_mask)
     }
 }
 
@@ -146,22 +206,34 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn slow(s: &[u8], from: usize, hit: fn(u8) -> bool) -> usize {
+    fn slow(s: &[u8], from: usize, hit: impl Fn(u8) -> bool) -> usize {
         (from..s.len()).find(|&i| hit(s[i])).unwrap_or(s.len())
     }
 
-    /// Both scanners agree with their definitions on `s` from `from`.
+    /// The encoder's scanner agrees with its definition on `s` from
+    /// `from`; the receiver's copier agrees with its own on `s` placed in
+    /// a buffer between `before` and `after` (the bytes after it are read,
+    /// and must neither stop the copy nor be copied).
     fn agrees(s: &[u8], from: usize, what: &str) {
         assert_eq!(
             string_special(s, from),
             slow(s, from, is_string_special),
             "{what} from {from}"
         );
-        assert_eq!(
-            escape_candidate(s, from),
-            slow(s, from, is_escape_candidate),
-            "{what} from {from}"
-        );
+        for after in [&b""[..], b"\"\x01\xe2", b"aaaaaaaaaaaaaaaaaaaa\\"] {
+            for utf8_ok in [false, true] {
+                copy_agrees(b"ab", s, after, utf8_ok, what);
+            }
+        }
+    }
+
+    fn copy_agrees(before: &[u8], s: &[u8], after: &[u8], utf8_ok: bool, what: &str) {
+        let buf = [before, s, after].concat();
+        let mut out = b"xyz".to_vec();
+        let n = copy_plain(&mut out, &buf, before.len(), s.len(), utf8_ok);
+        let want = slow(s, 0, |b| is_escape_candidate(b, utf8_ok));
+        assert_eq!(n, want, "{what}, utf8_ok {utf8_ok}, after {after:?}");
+        assert_eq!(out, [&b"xyz"[..], &s[..n]].concat(), "{what}");
     }
 
     #[test]
@@ -171,6 +243,7 @@ mod tests {
                 let mut s = vec![b'a'; 80];
                 s[pos] = b;
                 for from in [0, 1, 15, 16, 17, 31, 32, 33, 47] {
+                    agrees(&s[from..], 0, &format!("byte {b:#x} at {pos}"));
                     agrees(&s, from, &format!("byte {b:#x} at {pos}"));
                 }
             }
@@ -200,7 +273,22 @@ mod tests {
         #[test]
         fn same_answer_as_the_definition(s in proptest::collection::vec(any::<u8>(), 0..200), from in 0usize..210) {
             prop_assert_eq!(string_special(&s, from), slow(&s, from, is_string_special));
-            prop_assert_eq!(escape_candidate(&s, from), slow(&s, from, is_escape_candidate));
+        }
+
+        #[test]
+        fn copy_stops_where_the_definition_says(
+            buf in proptest::collection::vec(any::<u8>(), 0..200),
+            at in 0usize..200,
+            len in 0usize..200,
+            utf8_ok in any::<bool>(),
+        ) {
+            let at = at.min(buf.len());
+            let len = len.min(buf.len() - at);
+            let s = &buf[at..at + len];
+            let mut out = Vec::new();
+            let n = copy_plain(&mut out, &buf, at, len, utf8_ok);
+            prop_assert_eq!(n, slow(s, 0, |b| is_escape_candidate(b, utf8_ok)));
+            prop_assert_eq!(&out[..], &s[..n]);
         }
     }
 }

@@ -49,6 +49,11 @@ impl<'a> MsgReader<'a> {
         self.pos
     }
 
+    /// The whole buffer this cursor reads, consumed or not.
+    pub fn buf(&self) -> &'a [u8] {
+        self.buf
+    }
+
     pub fn is_empty(&self) -> bool {
         self.pos >= self.buf.len()
     }

@@ -50,7 +50,13 @@ pub struct Connection {
     shared: Arc<Shared>,
     buf: Vec<u8>,
     start: usize,
+    /// The JSON lines of one message, reused from message to message.
+    out: Vec<u8>,
 }
+
+/// A message's JSON buffer is kept for the next message up to this
+/// capacity (the client's batches are 1 MiB by default).
+const KEEP_OUT_BYTES: usize = 8 << 20;
 
 impl Connection {
     pub fn new(stream: Stream, peer: String, shared: Arc<Shared>) -> Self {
@@ -60,6 +66,7 @@ impl Connection {
             shared,
             buf: Vec::with_capacity(64 * 1024),
             start: 0,
+            out: Vec::new(),
         }
     }
 
@@ -111,7 +118,9 @@ impl Connection {
     }
 
     async fn handle(&mut self, s: usize, e: usize) -> Result<(), ConnError> {
-        let mut out = Vec::with_capacity((e - s) * 2);
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        out.reserve((e - s) * 2);
         let frame = &self.buf[s..e];
         let Some(d) = message::decode(frame, self.shared.cfg.max_decompressed_bytes, &mut out)?
         else {
@@ -131,17 +140,18 @@ impl Connection {
             self.shared.m.dedupe_hits.inc();
             debug!(peer = %self.peer, "resent chunk already written; acking without writing");
         } else if !out.is_empty() {
-            self.shared
-                .writer
-                .write(out)
-                .await
-                .map_err(ConnError::Output)?;
+            let (r, back) = self.shared.writer.write(out).await;
+            r.map_err(ConnError::Output)?;
+            out = back;
             self.shared.m.events.inc_by(events);
             if let Some(c) = &chunk
                 && let Ok(mut g) = self.shared.dedupe.lock()
             {
                 g.insert(c);
             }
+        }
+        if out.capacity() <= KEEP_OUT_BYTES {
+            self.out = out;
         }
         if let Some(c) = chunk {
             self.stream.write_all(&encode_ack(&c)).await?;

@@ -58,7 +58,11 @@ fn value(r: &mut MsgReader<'_>, out: &mut Vec<u8>, depth: usize) -> Result<(), T
             out.extend_from_slice(itoa::Buffer::new().format(r.read_i64()?).as_bytes());
         }
         _ => match r.read_head()?.1 {
-            Head::Str(n) | Head::Bin(n) => write_str(out, r.read_bytes(n)?),
+            Head::Str(n) | Head::Bin(n) => {
+                let at = r.pos();
+                r.read_bytes(n)?;
+                write_str_at(out, r.buf(), at, n);
+            }
             Head::Array(n) => {
                 out.push(b'[');
                 for i in 0..n {
@@ -101,15 +105,13 @@ fn value(r: &mut MsgReader<'_>, out: &mut Vec<u8>, depth: usize) -> Result<(), T
 /// JSON object keys must be strings: a non-string msgpack key is written as
 /// the string of its JSON form.
 fn key(r: &mut MsgReader<'_>, out: &mut Vec<u8>, depth: usize) -> Result<(), ToJsonError> {
-    match r.peek_marker()? {
-        Marker::FixStr(_)
-        | Marker::Str8
-        | Marker::Str16
-        | Marker::Str32
-        | Marker::Bin8
-        | Marker::Bin16
-        | Marker::Bin32 => {
-            write_str(out, r.read_str_bytes()?);
+    let mut ahead = r.clone();
+    match ahead.read_head()?.1 {
+        Head::Str(n) | Head::Bin(n) => {
+            *r = ahead;
+            let at = r.pos();
+            r.read_bytes(n)?;
+            write_str_at(out, r.buf(), at, n);
         }
         _ => {
             let mut tmp = Vec::new();
@@ -124,58 +126,68 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Writes `s` as a JSON string. Invalid UTF-8 becomes U+FFFD, as in Go.
 pub fn write_str(out: &mut Vec<u8>, s: &[u8]) {
-    if s.is_ascii() || simdutf8::basic::from_utf8(s).is_ok() {
-        write_valid_str(out, s);
-    } else {
-        write_valid_str(out, String::from_utf8_lossy(s).as_bytes());
-    }
+    write_str_at(out, s, 0, s.len());
 }
 
-fn write_valid_str(out: &mut Vec<u8>, s: &[u8]) {
-    out.reserve(s.len() + 2);
+/// Writes `buf[at..at + len]` as a JSON string (RFC 8259 §7, escaped as Go's
+/// `encoding/json` does); the bytes after it in `buf` may be read to scan
+/// in whole blocks. Invalid UTF-8 becomes U+FFFD, as in Go.
+fn write_str_at(out: &mut Vec<u8>, buf: &[u8], at: usize, len: usize) {
+    let s = &buf[at..at + len];
+    let start = out.len();
     out.push(b'"');
-    let mut start = 0;
-    let mut i = scan::escape_candidate(s, 0);
-    while i < s.len() {
-        let b = s[i];
-        if b == 0xE2 {
-            // U+2028 / U+2029 (E2 80 A8 / E2 80 A9) are escaped, as Go does.
-            if s.get(i + 1) == Some(&0x80) && matches!(s.get(i + 2), Some(0xA8 | 0xA9)) {
-                out.extend_from_slice(&s[start..i]);
-                out.extend_from_slice(if s[i + 2] == 0xA8 {
+    // Validated lazily, from the first non-ASCII byte on: most strings are
+    // ASCII and need no second pass.
+    let mut utf8_ok = false;
+    let mut i = 0;
+    loop {
+        i += scan::copy_plain(out, buf, at + i, len - i, utf8_ok);
+        let Some(&b) = s.get(i) else { break };
+        if b >= 0x80 {
+            if !utf8_ok {
+                if simdutf8::basic::from_utf8(&s[i..]).is_err() {
+                    out.truncate(start);
+                    let fixed = String::from_utf8_lossy(s);
+                    write_str_at(out, fixed.as_bytes(), 0, fixed.len());
+                    return;
+                }
+                utf8_ok = true;
+                continue;
+            }
+            // 0xE2 in valid UTF-8 starts a 3-byte sequence. U+2028 / U+2029
+            // (E2 80 A8 / E2 80 A9) are escaped, as Go does.
+            let third = s.get(i + 2).copied();
+            if s.get(i + 1) == Some(&0x80) && matches!(third, Some(0xA8 | 0xA9)) {
+                out.extend_from_slice(if third == Some(0xA8) {
                     b"\\u2028"
                 } else {
                     b"\\u2029"
                 });
                 i += 3;
-                start = i;
             } else {
+                out.push(b);
                 i += 1;
             }
-        } else {
-            out.extend_from_slice(&s[start..i]);
-            match b {
-                b'"' => out.extend_from_slice(b"\\\""),
-                b'\\' => out.extend_from_slice(b"\\\\"),
-                b'\n' => out.extend_from_slice(b"\\n"),
-                b'\r' => out.extend_from_slice(b"\\r"),
-                b'\t' => out.extend_from_slice(b"\\t"),
-                // Control characters, '<', '>', '&'.
-                _ => out.extend_from_slice(&[
-                    b'\\',
-                    b'u',
-                    b'0',
-                    b'0',
-                    HEX[(b >> 4) as usize],
-                    HEX[(b & 15) as usize],
-                ]),
-            }
-            i += 1;
-            start = i;
+            continue;
         }
-        i = scan::escape_candidate(s, i);
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            // Control characters, '<', '>', '&'.
+            _ => out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[(b >> 4) as usize],
+                HEX[(b & 15) as usize],
+            ]),
+        }
+        i += 1;
     }
-    out.extend_from_slice(&s[start..]);
     out.push(b'"');
 }
 
@@ -183,6 +195,7 @@ fn write_valid_str(out: &mut Vec<u8>, s: &[u8]) {
 mod tests {
     use super::*;
     use crate::forward::encode::Transcoder;
+    use proptest::prelude::*;
 
     fn round_trip(json: &str) -> String {
         let mut mp = Vec::new();
@@ -233,5 +246,71 @@ mod tests {
             write_value(&mut MsgReader::new(&mp), &mut out),
             Err(ToJsonError::TooDeep)
         );
+    }
+
+    /// Go's `encoding/json` string escaping, one char at a time.
+    fn go_reference(s: &[u8]) -> Vec<u8> {
+        let mut o = String::from("\"");
+        for c in String::from_utf8_lossy(s).chars() {
+            match c {
+                '"' => o.push_str("\\\""),
+                '\\' => o.push_str("\\\\"),
+                '\n' => o.push_str("\\n"),
+                '\r' => o.push_str("\\r"),
+                '\t' => o.push_str("\\t"),
+                '\u{2028}' => o.push_str("\\u2028"),
+                '\u{2029}' => o.push_str("\\u2029"),
+                c if (c as u32) < 0x20 || matches!(c, '<' | '>' | '&') => {
+                    o.push_str(&format!("\\u{:04x}", c as u32))
+                }
+                c => o.push(c),
+            }
+        }
+        o.push('"');
+        o.into_bytes()
+    }
+
+    fn pieces() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop::sample::select(vec![
+            &b"a"[..],
+            b"Z",
+            b" ",
+            b"\xc3\xa9",
+            b"\xe2\x80\xa8",
+            b"\xe2\x80\xa9",
+            b"\xe2\x80\xa7",
+            b"\xe2\x9c\x93",
+            b"\xf0\x9f\x98\x80",
+            b"<",
+            b">",
+            b"&",
+            b"\"",
+            b"\\",
+            b"\n",
+            b"\x01",
+            b"\x1f",
+            b"\x7f",
+            b"\xe2",
+            b"\xff",
+            b"\x80",
+            b"0123456789abcdef",
+        ]);
+        prop::collection::vec(piece, 0..40).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        /// Any bytes, inside a buffer that goes on with bytes that would
+        /// need escaping: the same string as Go writes.
+        #[test]
+        fn strings_are_escaped_as_go_does(
+            s in prop_oneof![pieces(), prop::collection::vec(any::<u8>(), 0..100)],
+            after in prop_oneof![Just(Vec::new()), pieces()],
+        ) {
+            let buf = [&b"\xe2<"[..], &s, &after].concat();
+            let mut out = b"[".to_vec();
+            write_str_at(&mut out, &buf, 2, s.len());
+            let want = go_reference(&s);
+            prop_assert_eq!(String::from_utf8_lossy(&out[1..]), String::from_utf8_lossy(&want));
+        }
     }
 }
