@@ -527,9 +527,23 @@ impl<'a> Parser<'a, '_> {
     /// Reads a string starting at its opening quote and writes it as a
     /// msgpack str. Returns its text when `want` (borrowed from the line
     /// unless it had escapes), else an empty string.
+    #[inline(always)]
     fn string(&mut self, want: bool) -> Result<Cow<'a, str>, JsonError> {
         self.i += 1; // opening quote
         let start = self.i;
+        // Fastest path (inlined where strings are read): a short plain
+        // string, scanned and copied at once.
+        if let Some(len) = super::scan::short_plain_str(self.out, self.s, start) {
+            self.i = start + len + 1;
+            // SAFETY: `short_plain_str` takes only printable ASCII.
+            let seg = unsafe { std::str::from_utf8_unchecked(&self.s[start..start + len]) };
+            return Ok(Cow::Borrowed(seg));
+        }
+        self.string_long(start, want)
+    }
+
+    #[inline(never)]
+    fn string_long(&mut self, start: usize, want: bool) -> Result<Cow<'a, str>, JsonError> {
         // Fast path: printable ASCII up to the closing quote, found in one
         // pass (most strings of an audit event).
         let stop = super::scan::string_special(self.s, start);

@@ -41,6 +41,30 @@ pub fn string_special(s: &[u8], from: usize) -> usize {
     }
 }
 
+/// The encoder's fast path: when the JSON string body at `s[start..]` is
+/// printable ASCII without escapes and ends (at its closing quote) within
+/// 32 bytes, appends it to `out` as a msgpack fixstr (msgpack spec, str
+/// format family) and returns its length; otherwise appends nothing and
+/// returns `None`. Scanning and copying are one pass over two 16-byte
+/// blocks (most keys and values of an audit event are that short).
+#[inline]
+pub fn short_plain_str(out: &mut Vec<u8>, s: &[u8], start: usize) -> Option<usize> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        sse2::short_plain_str(out, s, start)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let body = s.get(start..)?;
+        let n = body.iter().take(32).position(|&b| is_string_special(b))?;
+        (body[n] == b'"' && n < 32).then(|| {
+            out.push(0xa0 | n as u8);
+            out.extend_from_slice(&body[..n]);
+            n
+        })
+    }
+}
+
 /// Appends to `out` the bytes of `buf[at..at + len]` up to the first one
 /// with [`is_escape_candidate`], and returns how many it appended (`len` if
 /// there is none). Bytes of `buf` after the string may be read, never
@@ -196,6 +220,43 @@ mod sse2 {
         i
     }
 
+    #[inline(always)]
+    pub fn short_plain_str(out: &mut Vec<u8>, s: &[u8], start: usize) -> Option<usize> {
+        if start.checked_add(32)? > s.len() {
+            return None;
+        }
+        out.reserve(33);
+        let base = out.len();
+        // SAFETY: `start + 32 <= s.len()`, so both 16-byte loads are inside
+        // `s`; 33 bytes of spare capacity were reserved from `base`, and the
+        // stores write `base + 1 .. base + 33`; the new length covers the
+        // header and the `len` bytes before the quote, all written.
+        unsafe {
+            let p = s.as_ptr().add(start);
+            let dst = out.as_mut_ptr().add(base);
+            let v0 = _mm_loadu_si128(p.cast());
+            _mm_storeu_si128(dst.add(1).cast(), v0);
+            let m0 = string_mask(v0);
+            let len = if m0 != 0 {
+                m0.trailing_zeros() as usize
+            } else {
+                let v1 = _mm_loadu_si128(p.add(16).cast());
+                _mm_storeu_si128(dst.add(17).cast(), v1);
+                let m1 = string_mask(v1);
+                if m1 == 0 {
+                    return None;
+                }
+                16 + m1.trailing_zeros() as usize
+            };
+            if *p.add(len) != b'"' {
+                return None;
+            }
+            *dst = 0xa0 | len as u8;
+            out.set_len(base + 1 + len);
+            Some(len)
+        }
+    }
+
     pub fn string_special(s: &[u8], from: usize) -> usize {
         find(s, from, string_mask)
     }
@@ -269,10 +330,51 @@ mod tests {
         }
     }
 
+    /// What [`short_plain_str`] must do: the definition, byte by byte.
+    fn short_slow(s: &[u8], start: usize) -> Option<usize> {
+        let body = s.get(start..start + 32)?;
+        let n = body.iter().position(|&b| is_string_special(b))?;
+        (body[n] == b'"').then_some(n)
+    }
+
+    fn short_agrees(s: &[u8], start: usize) {
+        let mut out = b"xy".to_vec();
+        let got = short_plain_str(&mut out, s, start);
+        assert_eq!(got, short_slow(s, start), "{s:?} from {start}");
+        let want = match got {
+            Some(n) => [&b"xy"[..], &[0xa0 | n as u8], &s[start..start + n]].concat(),
+            None => b"xy".to_vec(),
+        };
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn short_strings_every_byte_at_every_position() {
+        for len in 0..40usize {
+            for pos in 0..=len {
+                for b in [b'"', b'\\', 0x00, 0x1f, 0x7f, 0x80, 0xe2, 0xff, b'a'] {
+                    let mut s = vec![b'a'; 48];
+                    s[len] = b'"';
+                    if pos < len {
+                        s[pos] = b;
+                    }
+                    for start in [0, 1, 16] {
+                        short_agrees(&s, start);
+                    }
+                }
+            }
+        }
+    }
+
     proptest! {
         #[test]
         fn same_answer_as_the_definition(s in proptest::collection::vec(any::<u8>(), 0..200), from in 0usize..210) {
             prop_assert_eq!(string_special(&s, from), slow(&s, from, is_string_special));
+        }
+
+        #[test]
+        fn short_plain_str_as_defined(s in proptest::collection::vec(prop_oneof![Just(b'"'), Just(b'a'), any::<u8>()], 0..80), start in 0usize..80) {
+            short_agrees(&s, start);
         }
 
         #[test]
