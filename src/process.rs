@@ -262,7 +262,11 @@ impl LineSink for Processor {
         // many floats): one allocation rather than a chain of regrowths
         // when the buffer came from the filter pool, with room to append
         // a few enrichment fields in place.
-        fresh_capacity(&mut self.rec, line.len() + 256);
+        let mut pool = self.filters.as_mut().map(|fq| &mut fq.pool);
+        match pool.as_deref_mut() {
+            Some(p) => p.fit(&mut self.rec, line.len() + 256),
+            None => fresh_capacity(&mut self.rec, line.len() + 256),
+        }
         match self.transcoder.encode(line, &mut self.rec) {
             Ok(fields) => {
                 let t = fields
@@ -278,6 +282,10 @@ impl LineSink for Processor {
                         &self.rec,
                         &mut self.rewritten,
                         &mut self.rewritten_top,
+                        |v, n| match pool {
+                            Some(p) => p.fit(v, n),
+                            None => fresh_capacity(v, n),
+                        },
                     ),
                     None => Outcome::Keep,
                 };

@@ -55,6 +55,7 @@ pub fn apply(
     rec: &[u8],
     out: &mut Vec<u8>,
     out_top: &mut Vec<u32>,
+    room: impl FnOnce(&mut Vec<u8>, usize),
 ) -> Outcome {
     let d = policy.evaluate(&attributes(f));
     if d.level == Level::None || d.omit_stage {
@@ -86,7 +87,7 @@ pub fn apply(
     // At most the kept entries (a new level string is at most a few bytes
     // longer): a record whose bodies are dropped gets a small buffer, not
     // one the size of the event.
-    crate::process::fresh_capacity(out, bytes + 256);
+    room(out, bytes + 256);
     let _ = rmp::encode::write_map_len(out, kept as u32);
     out_top.clear();
     for e in top {
@@ -242,7 +243,15 @@ mod tests {
         let mut rec = Vec::new();
         let f = t.encode(event.as_bytes(), &mut rec).unwrap();
         let (mut out, mut out_top) = (Vec::new(), Vec::new());
-        let bytes = match apply(&p, &f, &t.top, &rec, &mut out, &mut out_top) {
+        let bytes = match apply(
+            &p,
+            &f,
+            &t.top,
+            &rec,
+            &mut out,
+            &mut out_top,
+            crate::process::fresh_capacity,
+        ) {
             Outcome::Drop => return None,
             Outcome::Keep => rec.clone(),
             Outcome::Rewritten => {

@@ -97,8 +97,51 @@ const POOL_BYTES: usize = 2 << 20;
 const POOL_MAX: usize = 1024;
 
 impl Pool {
-    /// [`Item::new`] with `rec`'s buffer, which gets an empty one from the
-    /// pool in exchange (no copy), and the text in a reused buffer. `top`:
+    /// Makes the empty buffer `v` hold at least `n` bytes: the smallest
+    /// pooled buffer that does, else a new one (as
+    /// [`crate::process::fresh_capacity`]). A buffer taken by size, not the
+    /// last one given back: a big event's buffer waits for the next big
+    /// event instead of being dropped for a small one, and its pages are not
+    /// returned to the kernel and faulted in again.
+    pub fn fit(&mut self, v: &mut Vec<u8>, n: usize) {
+        debug_assert!(v.is_empty());
+        if v.capacity() >= n {
+            return;
+        }
+        // The last one first: events of a log are mostly of one size.
+        let best = match self.recs.last() {
+            Some(b) if b.capacity() >= n && b.capacity() <= 2 * n => Some(self.recs.len() - 1),
+            _ => self
+                .recs
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.capacity() >= n)
+                .min_by_key(|(_, b)| b.capacity())
+                .map(|(i, _)| i),
+        };
+        match best {
+            Some(i) => {
+                let b = self.recs.swap_remove(i);
+                self.held -= b.capacity();
+                let old = std::mem::replace(v, b);
+                if old.capacity() > 0 {
+                    self.give(old);
+                }
+            }
+            None => crate::process::fresh_capacity(v, n),
+        }
+    }
+
+    fn give(&mut self, mut b: Vec<u8>) {
+        if self.keeps(b.capacity(), self.recs.len()) {
+            self.held += b.capacity();
+            b.clear();
+            self.recs.push(b);
+        }
+    }
+
+    /// [`Item::new`] with `rec`'s buffer, which is left empty (the next
+    /// event gets one by [`Pool::fit`]), and the text in a reused buffer. `top`:
     /// the transcoder's entries of `rec`, if it is unchanged since. `json`:
     /// `None` when no filter needs it ([`Chain::needs_json`]); then, given
     /// `spans` (the transcoder's, for this `rec`), the fields' text is not
@@ -112,10 +155,9 @@ impl Pool {
         spans: Option<&FieldSpans>,
         keys: Option<u128>,
     ) -> Item {
-        let spare = self.recs.pop().unwrap_or_default();
         let text = self.texts.pop().unwrap_or_default();
         let groups = self.groups.pop().unwrap_or_default();
-        self.held -= spare.capacity() + text.capacity();
+        self.held -= text.capacity();
         let mut bounds = self.tops.pop().unwrap_or_default();
         bounds.clear();
         match top {
@@ -131,7 +173,7 @@ impl Pool {
             _ => Seen::build(text, groups, json, f),
         };
         Item {
-            rec: std::mem::replace(rec, spare),
+            rec: std::mem::take(rec),
             seen: Some(seen),
             top: bounds,
             keys,
@@ -144,12 +186,8 @@ impl Pool {
     }
 
     /// Takes back the buffers of an item that has been emitted.
-    pub fn recycle(&mut self, mut it: Item) {
-        if self.keeps(it.rec.capacity(), self.recs.len()) {
-            self.held += it.rec.capacity();
-            it.rec.clear();
-            self.recs.push(it.rec);
-        }
+    pub fn recycle(&mut self, it: Item) {
+        self.give(it.rec);
         if self.tops.len() < POOL_MAX && it.top.capacity() <= 4096 {
             self.tops.push(it.top);
         }
@@ -854,37 +892,63 @@ mod tests {
     }
 
     #[test]
-    fn the_pool_swaps_record_buffers_and_keeps_a_bounded_amount() {
+    fn the_pool_moves_record_buffers_and_keeps_a_bounded_amount() {
         let mut pool = Pool::default();
         let f = Fields::default();
-        let mut rec = b"\x80".to_vec();
+        let mut rec = Vec::with_capacity(4096);
+        rec.push(0x80);
         let ptr = rec.as_ptr();
         let it = pool.item(&mut rec, Some("{}"), &f, Positions::Unknown, None, None);
         assert_eq!(it.rec.as_ptr(), ptr, "moved into the item, not copied");
         assert!(rec.is_empty());
         pool.recycle(it);
-        let mut next = b"\x81".to_vec();
-        let it = pool.item(&mut next, Some("{}"), &f, Positions::Unknown, None, None);
-        assert_eq!(next.as_ptr(), ptr, "the recycled buffer comes back");
+        pool.fit(&mut rec, 100);
+        assert_eq!(rec.as_ptr(), ptr, "the recycled buffer comes back");
+        let it = pool.item(&mut rec, Some("{}"), &f, Positions::Unknown, None, None);
         pool.recycle(it);
         // Big buffers are kept up to POOL_BYTES in all.
         for _ in 0..10 {
             let mut r = Vec::with_capacity(POOL_BUFFER_MAX);
+            r.push(1);
             let it = pool.item(&mut r, Some("{}"), &f, Positions::Unknown, None, None);
             pool.recycle(it);
-            pool.recycle(Item {
-                rec: r,
-                seen: None,
-                top: Vec::new(),
-                keys: None,
-                dropped: false,
-            });
         }
         let held: usize = pool.recs.iter().map(Vec::capacity).sum::<usize>()
             + pool.texts.iter().map(String::capacity).sum::<usize>();
         assert_eq!(held, pool.held);
         assert!(held <= POOL_BYTES, "{held}");
         assert!(pool.recs.iter().any(|r| r.capacity() == POOL_BUFFER_MAX));
+    }
+
+    /// Regression (page faults on every big event): buffers are handed out
+    /// by size, so a big event gets the big buffer an earlier one left, not
+    /// the last small one (which a fresh allocation would then replace).
+    #[test]
+    fn the_pool_hands_out_the_smallest_buffer_that_fits() {
+        let mut pool = Pool::default();
+        let f = Fields::default();
+        let mut ptrs = Vec::new();
+        for cap in [200 << 10, 4096, 50 << 10, 4096] {
+            let mut r = Vec::with_capacity(cap);
+            r.push(1);
+            ptrs.push((cap, r.as_ptr()));
+            let it = pool.item(&mut r, Some("{}"), &f, Positions::Unknown, None, None);
+            pool.recycle(it);
+        }
+        let mut big = Vec::new();
+        pool.fit(&mut big, 40 << 10);
+        assert_eq!(big.as_ptr(), ptrs[2].1, "the 50 KiB buffer for 40 KiB");
+        let mut bigger = Vec::new();
+        pool.fit(&mut bigger, 100 << 10);
+        assert_eq!(bigger.as_ptr(), ptrs[0].1, "the 200 KiB buffer for 100 KiB");
+        let mut small = Vec::new();
+        pool.fit(&mut small, 1000);
+        assert_eq!(small.capacity(), 4096, "a 4 KiB one for 1000 bytes");
+        let mut none = Vec::new();
+        pool.fit(&mut none, 300 << 10);
+        assert!(none.capacity() >= 300 << 10, "none fits: a new one");
+        assert_eq!(pool.recs.len(), 1);
+        assert_eq!(pool.recs[0].capacity(), 4096);
     }
 
     /// Regression: the scratch buffer was not cleared between values, so a
