@@ -907,9 +907,9 @@ mod tests {
         let it = pool.item(&mut rec, Some("{}"), &f, Positions::Unknown, None, None);
         pool.recycle(it);
         // Big buffers are kept up to POOL_BYTES in all.
-        for _ in 0..10 {
+        for k in 0..10 {
             let mut r = Vec::with_capacity(POOL_BUFFER_MAX);
-            r.push(1);
+            r.push(k);
             let it = pool.item(&mut r, Some("{}"), &f, Positions::Unknown, None, None);
             pool.recycle(it);
         }
