@@ -72,7 +72,15 @@ fn main() {
                 rec.clear();
                 let f = tc.encode(l.as_bytes(), &mut rec).expect("valid event");
                 out.clear();
-                let o = apply::apply(&policy, &f, &tc.top, &rec, &mut out, &mut out_top);
+                let o = apply::apply(
+                    &policy,
+                    &f,
+                    &tc.top,
+                    &rec,
+                    &mut out,
+                    &mut out_top,
+                    audit_forwarder::process::fresh_capacity,
+                );
                 std::hint::black_box(&o);
             }
         });
