@@ -19,7 +19,8 @@ fn expected(policy: &str, lines: &[String]) -> Vec<String> {
         let mut rec = Vec::new();
         let f = t.encode(l.as_bytes(), &mut rec).unwrap();
         let mut rw = Vec::new();
-        let bytes = match apply(&p, &f, &t.top, &rec, &mut rw, &mut Vec::new()) {
+        let room = audit_forwarder::process::fresh_capacity;
+        let bytes = match apply(&p, &f, &t.top, &rec, &mut rw, &mut Vec::new(), room) {
             Outcome::Drop => continue,
             Outcome::Keep => rec,
             Outcome::Rewritten => rw,
