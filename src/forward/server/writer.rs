@@ -181,3 +181,34 @@ impl Writer {
         rx.await.unwrap_or_else(|_| (Err(stopped()), Vec::new()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The buffer comes back emptied, the same allocation: a connection
+    /// reuses it for its next message instead of faulting in new pages.
+    #[tokio::test]
+    async fn write_gives_the_buffer_back_for_reuse() {
+        let path = std::env::temp_dir().join(format!("af-writer-{}.jsonl", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let w = Writer::start(Output::File(path.clone())).unwrap();
+        let mut buf = Vec::with_capacity(1 << 16);
+        buf.extend_from_slice(b"{\"a\":1}\n");
+        let ptr = buf.as_ptr();
+        let (r, back) = w.write(buf).await;
+        r.unwrap();
+        assert!(back.is_empty());
+        assert_eq!(back.as_ptr(), ptr);
+        assert_eq!(back.capacity(), 1 << 16);
+        let mut buf = back;
+        buf.extend_from_slice(b"{\"b\":2}\n");
+        let (r, _) = w.write(buf).await;
+        r.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"a\":1}\n{\"b\":2}\n"
+        );
+        let _ = std::fs::remove_file(&path);
+    }
+}
