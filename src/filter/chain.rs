@@ -128,12 +128,20 @@ impl Pool {
                     self.give(old);
                 }
             }
-            None => crate::process::fresh_capacity(v, n),
+            None => {
+                // None fits: the smallest goes, so buffers smaller than
+                // every recent event do not fill the pool for good.
+                if let Some(i) = (0..self.recs.len()).min_by_key(|&i| self.recs[i].capacity()) {
+                    self.held -= self.recs.swap_remove(i).capacity();
+                }
+                crate::process::fresh_capacity(v, n)
+            }
         }
     }
 
     fn give(&mut self, mut b: Vec<u8>) {
-        if self.keeps(b.capacity(), self.recs.len()) {
+        // An empty buffer (its record became a batch) holds nothing.
+        if b.capacity() > 0 && self.keeps(b.capacity(), self.recs.len()) {
             self.held += b.capacity();
             b.clear();
             self.recs.push(b);
@@ -947,8 +955,17 @@ mod tests {
         let mut none = Vec::new();
         pool.fit(&mut none, 300 << 10);
         assert!(none.capacity() >= 300 << 10, "none fits: a new one");
-        assert_eq!(pool.recs.len(), 1);
-        assert_eq!(pool.recs[0].capacity(), 4096);
+        assert!(pool.recs.is_empty(), "and the smallest, too small, went");
+        // Buffers left empty by a record that became its batch are not
+        // kept (they would fill the pool's slots for good).
+        pool.recycle(Item {
+            rec: Vec::new(),
+            seen: None,
+            top: Vec::new(),
+            keys: None,
+            dropped: false,
+        });
+        assert!(pool.recs.is_empty());
     }
 
     /// Regression: the scratch buffer was not cleared between values, so a

@@ -55,9 +55,10 @@ pub fn short_plain_str(out: &mut Vec<u8>, s: &[u8], start: usize) -> Option<usiz
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let body = s.get(start..)?;
-        let n = body.iter().take(32).position(|&b| is_string_special(b))?;
-        (body[n] == b'"' && n < 32).then(|| {
+        // As the SSE2 version: only with 32 bytes to read.
+        let body = s.get(start..start.checked_add(32)?)?;
+        let n = body.iter().position(|&b| is_string_special(b))?;
+        (body[n] == b'"').then(|| {
             out.push(0xa0 | n as u8);
             out.extend_from_slice(&body[..n]);
             n

@@ -55,8 +55,9 @@ pub struct Connection {
 }
 
 /// A message's JSON buffer is kept for the next message up to this
-/// capacity (the client's batches are 1 MiB by default).
-const KEEP_OUT_BYTES: usize = 8 << 20;
+/// capacity (room for the JSON of the client's default 1 MiB batches);
+/// only the pages written count in RSS.
+const KEEP_OUT_BYTES: usize = 4 << 20;
 
 impl Connection {
     pub fn new(stream: Stream, peer: String, shared: Arc<Shared>) -> Self {
@@ -124,6 +125,7 @@ impl Connection {
         let frame = &self.buf[s..e];
         let Some(d) = message::decode(frame, self.shared.cfg.max_decompressed_bytes, &mut out)?
         else {
+            self.out = out;
             return Ok(()); // heartbeat
         };
         self.shared.m.message(d.mode.as_str());

@@ -130,12 +130,30 @@ pub fn write_str(out: &mut Vec<u8>, s: &[u8]) {
 }
 
 /// Writes `buf[at..at + len]` as a JSON string (RFC 8259 §7, escaped as Go's
-/// `encoding/json` does); the bytes after it in `buf` may be read to scan
-/// in whole blocks. Invalid UTF-8 becomes U+FFFD, as in Go.
+/// `encoding/json` does since Go 1.22); the bytes after it in `buf` may be
+/// read to scan in whole blocks. Each byte of invalid UTF-8 becomes
+/// `\ufffd`, as in Go.
 fn write_str_at(out: &mut Vec<u8>, buf: &[u8], at: usize, len: usize) {
-    let s = &buf[at..at + len];
-    let start = out.len();
     out.push(b'"');
+    let body = out.len();
+    if write_body(out, buf, at, len).is_err() {
+        out.truncate(body);
+        for chunk in buf[at..at + len].utf8_chunks() {
+            let valid = chunk.valid().as_bytes();
+            // Valid UTF-8: cannot fail.
+            let _ = write_body(out, valid, 0, valid.len());
+            for _ in chunk.invalid() {
+                out.extend_from_slice(b"\\ufffd");
+            }
+        }
+    }
+    out.push(b'"');
+}
+
+/// The escaped text of [`write_str_at`], without quotes; `Err` (part of
+/// it written) if it is not valid UTF-8.
+fn write_body(out: &mut Vec<u8>, buf: &[u8], at: usize, len: usize) -> Result<(), ()> {
+    let s = &buf[at..at + len];
     // Validated lazily, from the first non-ASCII byte on: most strings are
     // ASCII and need no second pass.
     let mut utf8_ok = false;
@@ -145,12 +163,7 @@ fn write_str_at(out: &mut Vec<u8>, buf: &[u8], at: usize, len: usize) {
         let Some(&b) = s.get(i) else { break };
         if b >= 0x80 {
             if !utf8_ok {
-                if simdutf8::basic::from_utf8(&s[i..]).is_err() {
-                    out.truncate(start);
-                    let fixed = String::from_utf8_lossy(s);
-                    write_str_at(out, fixed.as_bytes(), 0, fixed.len());
-                    return;
-                }
+                simdutf8::basic::from_utf8(&s[i..]).map_err(|_| ())?;
                 utf8_ok = true;
                 continue;
             }
@@ -176,7 +189,9 @@ fn write_str_at(out: &mut Vec<u8>, buf: &[u8], at: usize, len: usize) {
             b'\n' => out.extend_from_slice(b"\\n"),
             b'\r' => out.extend_from_slice(b"\\r"),
             b'\t' => out.extend_from_slice(b"\\t"),
-            // Control characters, '<', '>', '&'.
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            // Other control characters, '<', '>', '&'.
             _ => out.extend_from_slice(&[
                 b'\\',
                 b'u',
@@ -188,7 +203,7 @@ fn write_str_at(out: &mut Vec<u8>, buf: &[u8], at: usize, len: usize) {
         }
         i += 1;
     }
-    out.push(b'"');
+    Ok(())
 }
 
 #[cfg(test)]
@@ -209,7 +224,7 @@ mod tests {
 
     #[test]
     fn go_style_escaping_is_byte_exact() {
-        let line = r#"{"requestURI":"/api/v1/pods?a=1\u0026b=\u003cx\u003e","msg":"tab\there \"q\" \\ \u2028 é ✓","n":-12,"f":1.5,"b":true,"z":null,"a":[1,{"k":[]}],"e":{}}"#;
+        let line = r#"{"requestURI":"/api/v1/pods?a=1\u0026b=\u003cx\u003e","msg":"tab\there \"q\" \\ \u2028 é ✓ \b\f\u0001","n":-12,"f":1.5,"b":true,"z":null,"a":[1,{"k":[]}],"e":{}}"#;
         assert_eq!(round_trip(line), line);
     }
 
@@ -227,6 +242,18 @@ mod tests {
         }
         line.push('}');
         assert_eq!(round_trip(&line), line);
+    }
+
+    /// Go writes `\ufffd` for each byte that is not valid UTF-8 (a
+    /// truncated sequence gives one per byte).
+    #[test]
+    fn invalid_utf8_becomes_one_replacement_per_byte() {
+        let mut out = Vec::new();
+        write_str(&mut out, b"a\xe2\x80b\xff\xef\xbf\xbd<");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "\"a\\ufffd\\ufffdb\\ufffd\u{fffd}\\u003c\""
+        );
     }
 
     #[test]
@@ -248,16 +275,30 @@ mod tests {
         );
     }
 
-    /// Go's `encoding/json` string escaping, one char at a time.
+    /// Go's `encoding/json` string escaping (Go 1.22+), one char at a time;
+    /// `\ufffd` for each byte of invalid UTF-8.
     fn go_reference(s: &[u8]) -> Vec<u8> {
         let mut o = String::from("\"");
-        for c in String::from_utf8_lossy(s).chars() {
+        for chunk in s.utf8_chunks() {
+            go_chars(&mut o, chunk.valid());
+            for _ in chunk.invalid() {
+                o.push_str("\\ufffd");
+            }
+        }
+        o.push('"');
+        o.into_bytes()
+    }
+
+    fn go_chars(o: &mut String, s: &str) {
+        for c in s.chars() {
             match c {
                 '"' => o.push_str("\\\""),
                 '\\' => o.push_str("\\\\"),
                 '\n' => o.push_str("\\n"),
                 '\r' => o.push_str("\\r"),
                 '\t' => o.push_str("\\t"),
+                '\u{8}' => o.push_str("\\b"),
+                '\u{c}' => o.push_str("\\f"),
                 '\u{2028}' => o.push_str("\\u2028"),
                 '\u{2029}' => o.push_str("\\u2029"),
                 c if (c as u32) < 0x20 || matches!(c, '<' | '>' | '&') => {
@@ -266,8 +307,6 @@ mod tests {
                 c => o.push(c),
             }
         }
-        o.push('"');
-        o.into_bytes()
     }
 
     fn pieces() -> impl Strategy<Value = Vec<u8>> {
@@ -310,7 +349,7 @@ mod tests {
             let mut out = b"[".to_vec();
             write_str_at(&mut out, &buf, 2, s.len());
             let want = go_reference(&s);
-            prop_assert_eq!(String::from_utf8_lossy(&out[1..]), String::from_utf8_lossy(&want));
+            prop_assert_eq!(String::from_utf8(out[1..].to_vec()).unwrap(), String::from_utf8(want).unwrap());
         }
     }
 }
