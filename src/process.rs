@@ -88,6 +88,15 @@ pub fn fresh_capacity(v: &mut Vec<u8>, n: usize) {
     }
 }
 
+/// Room for `n` bytes in the empty buffer `v`: from the filter pool when
+/// there is one (its buffers come back there), else [`fresh_capacity`].
+fn room(pool: Option<&mut Pool>, v: &mut Vec<u8>, n: usize) {
+    match pool {
+        Some(p) => p.fit(v, n),
+        None => fresh_capacity(v, n),
+    }
+}
+
 impl Processor {
     pub fn new(
         batcher: Batcher,
@@ -263,10 +272,7 @@ impl LineSink for Processor {
         // when the buffer came from the filter pool, with room to append
         // a few enrichment fields in place.
         let mut pool = self.filters.as_mut().map(|fq| &mut fq.pool);
-        match pool.as_deref_mut() {
-            Some(p) => p.fit(&mut self.rec, line.len() + 256),
-            None => fresh_capacity(&mut self.rec, line.len() + 256),
-        }
+        room(pool.as_deref_mut(), &mut self.rec, line.len() + 256);
         match self.transcoder.encode(line, &mut self.rec) {
             Ok(fields) => {
                 let t = fields
@@ -282,10 +288,7 @@ impl LineSink for Processor {
                         &self.rec,
                         &mut self.rewritten,
                         &mut self.rewritten_top,
-                        |v, n| match pool {
-                            Some(p) => p.fit(v, n),
-                            None => fresh_capacity(v, n),
-                        },
+                        |v, n| room(pool, v, n),
                     ),
                     None => Outcome::Keep,
                 };

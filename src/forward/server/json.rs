@@ -58,11 +58,7 @@ fn value(r: &mut MsgReader<'_>, out: &mut Vec<u8>, depth: usize) -> Result<(), T
             out.extend_from_slice(itoa::Buffer::new().format(r.read_i64()?).as_bytes());
         }
         _ => match r.read_head()?.1 {
-            Head::Str(n) | Head::Bin(n) => {
-                let at = r.pos();
-                r.read_bytes(n)?;
-                write_str_at(out, r.buf(), at, n);
-            }
+            Head::Str(n) | Head::Bin(n) => str_body(r, n, out)?,
             Head::Array(n) => {
                 out.push(b'[');
                 for i in 0..n {
@@ -109,9 +105,7 @@ fn key(r: &mut MsgReader<'_>, out: &mut Vec<u8>, depth: usize) -> Result<(), ToJ
     match ahead.read_head()?.1 {
         Head::Str(n) | Head::Bin(n) => {
             *r = ahead;
-            let at = r.pos();
-            r.read_bytes(n)?;
-            write_str_at(out, r.buf(), at, n);
+            str_body(r, n, out)?;
         }
         _ => {
             let mut tmp = Vec::new();
@@ -124,7 +118,16 @@ fn key(r: &mut MsgReader<'_>, out: &mut Vec<u8>, depth: usize) -> Result<(), ToJ
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// Writes `s` as a JSON string. Invalid UTF-8 becomes U+FFFD, as in Go.
+/// Writes the `n`-byte body of the str or bin whose header `r` just read,
+/// as a JSON string (read in place: the frame goes on after it).
+fn str_body(r: &mut MsgReader<'_>, n: usize, out: &mut Vec<u8>) -> Result<(), ReadError> {
+    let at = r.pos();
+    r.read_bytes(n)?;
+    write_str_at(out, r.buf(), at, n);
+    Ok(())
+}
+
+/// Writes `s` as a JSON string, as [`write_str_at`] does.
 pub fn write_str(out: &mut Vec<u8>, s: &[u8]) {
     write_str_at(out, s, 0, s.len());
 }
