@@ -11,9 +11,9 @@
 
 use audit_forwarder::filter::apply;
 use audit_forwarder::filter::policy::Policy;
-use audit_forwarder::forward::encode::Transcoder;
-use audit_forwarder::forward::protocol::reader::MsgReader;
-use audit_forwarder::forward::server::json::write_value;
+use audit_forwarder::record::encode::Transcoder;
+use audit_forwarder::record::json::write_value;
+use audit_forwarder::record::reader::MsgReader;
 use audit_forwarder::synth::{Generator, Mix};
 use std::time::{Duration, Instant};
 
@@ -79,7 +79,7 @@ fn main() {
                     &rec,
                     &mut out,
                     &mut out_top,
-                    audit_forwarder::process::fresh_capacity,
+                    audit_forwarder::record::buf::fresh_capacity,
                 );
                 std::hint::black_box(&o);
             }

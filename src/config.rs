@@ -8,7 +8,7 @@
 //! only) output can be given under the key `output` (`AUDIT_OUTPUT__HOST`,
 //! `--set output.port=24225`); they are merged into `outputs[0]`.
 
-use crate::logging::LogFormat;
+use crate::ops::logging::LogFormat;
 use crate::source::tail::StartAt;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -373,7 +373,7 @@ pub struct FilterSection {
     pub config: serde_json::Value,
     /// `keep` (default), `drop` or `stop` when the filter fails.
     #[serde(default)]
-    pub on_error: crate::filter::chain::OnError,
+    pub on_error: crate::filter::on_error::OnError,
     /// Deadline of one batch call.
     #[serde(default = "filter_timeout", with = "humantime_serde")]
     pub timeout: Duration,

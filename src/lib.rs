@@ -1,17 +1,17 @@
 //! audit-forwarder: ships Kubernetes audit logs from a hosted control plane
 //! into the cluster over the Fluent Forward protocol, without loss.
+//!
+//! The modules follow the data flow (docs/ARCHITECTURE.md); dependencies
+//! point one way, commands → pipeline → stages → record, and
+//! `tests/layers.rs` keeps it so.
 
-pub mod cli;
+pub mod cmd;
 pub mod config;
-pub mod demo;
 pub mod filter;
 pub mod forward;
-pub mod http;
-pub mod logging;
-pub mod memory;
-pub mod metrics;
+pub mod ops;
 pub mod pipeline;
-pub mod process;
+pub mod record;
 pub mod source;
 pub mod synth;
 pub mod transport;

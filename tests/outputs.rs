@@ -4,9 +4,9 @@ mod common;
 
 use audit_forwarder::filter::apply::{Outcome, apply};
 use audit_forwarder::filter::policy::Policy;
-use audit_forwarder::forward::encode::Transcoder;
-use audit_forwarder::forward::protocol::reader::MsgReader;
-use audit_forwarder::forward::server::json::write_value;
+use audit_forwarder::record::encode::Transcoder;
+use audit_forwarder::record::json::write_value;
+use audit_forwarder::record::reader::MsgReader;
 use audit_forwarder::synth::Mix;
 use common::*;
 
@@ -19,7 +19,7 @@ fn expected(policy: &str, lines: &[String]) -> Vec<String> {
         let mut rec = Vec::new();
         let f = t.encode(l.as_bytes(), &mut rec).unwrap();
         let mut rw = Vec::new();
-        let room = audit_forwarder::process::fresh_capacity;
+        let room = audit_forwarder::record::buf::fresh_capacity;
         let bytes = match apply(&p, &f, &t.top, &rec, &mut rw, &mut Vec::new(), room) {
             Outcome::Drop => continue,
             Outcome::Keep => rec,

@@ -707,9 +707,12 @@ fn config_reload_checks_filters() {
 /// without the derivation the event would fall back to `keep` untagged.
 #[test]
 fn a_filter_that_needs_json_gets_it_from_items_built_without() {
-    use audit_forwarder::filter::chain::{Chain, OnError, Pool, Positions, record_json};
+    use audit_forwarder::filter::chain::Chain;
+    use audit_forwarder::filter::item::{Pool, Positions};
+    use audit_forwarder::filter::on_error::OnError;
     use audit_forwarder::filter::wasm::Spec;
-    use audit_forwarder::forward::encode::Transcoder;
+    use audit_forwarder::record::encode::Transcoder;
+    use audit_forwarder::record::json::record_json;
     let spec = Spec {
         name: "probe".into(),
         path: guest("probe"),

@@ -5,9 +5,9 @@
 //! `managedFields` stripped when the policy says so.
 
 use super::policy::{Attributes, Level, ObjectRefAttrs, Policy, Stage, checker_name};
-use crate::forward::encode::{Fields, TopEntry, TopKey};
-use crate::forward::protocol::reader::{Head, MsgReader, ReadError};
-use crate::forward::protocol::write_str;
+use crate::record::encode::{Fields, TopEntry, TopKey};
+use crate::record::reader::{Head, MsgReader, ReadError};
+use crate::record::write::write_str;
 
 /// What happens to one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +43,7 @@ pub fn attributes<'a>(f: &'a Fields<'_>) -> Attributes<'a> {
 
 /// Evaluates `policy` for the event and, when the record must change, writes
 /// the new record into `out` and where each of its top-level entries
-/// starts, then its end, into `out_top` (what [`crate::filter::chain::set_fields`]
+/// starts, then its end, into `out_top` (what [`crate::record::splice::set_fields`]
 /// uses to skip parsing).
 ///
 /// The output level is `min(policy level, event level)`: a policy can only
@@ -199,7 +199,7 @@ fn strip_metadata(r: &mut MsgReader<'_>, out: &mut Vec<u8>) -> Result<(), ReadEr
 
 /// One line of `audit-forwarder policy eval`: the decision for an event.
 pub fn explain(policy: &Policy, line: &[u8]) -> serde_json::Value {
-    let mut t = crate::forward::encode::Transcoder::default();
+    let mut t = crate::record::encode::Transcoder::default();
     let mut rec = Vec::new();
     let f = match t.encode(line, &mut rec) {
         Ok(f) => f,
@@ -234,8 +234,8 @@ pub fn explain(policy: &Policy, line: &[u8]) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::forward::encode::Transcoder;
-    use crate::forward::server::json::write_value;
+    use crate::record::encode::Transcoder;
+    use crate::record::json::write_value;
 
     fn run(policy: &str, event: &str) -> Option<serde_json::Value> {
         let p = Policy::from_yaml(policy, "test.yaml").unwrap();
@@ -250,7 +250,7 @@ mod tests {
             &rec,
             &mut out,
             &mut out_top,
-            crate::process::fresh_capacity,
+            crate::record::buf::fresh_capacity,
         ) {
             Outcome::Drop => return None,
             Outcome::Keep => rec.clone(),

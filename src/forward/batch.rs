@@ -3,8 +3,9 @@
 //! appended straight after a bin32 header that is patched when the batch is
 //! sealed, so a record is copied once on its way to the wire.
 
-use super::protocol::{EventTime, write_str};
-use crate::source::{FileInfo, Position};
+use crate::record::origin::{FileInfo, Position};
+use crate::record::time::EventTime;
+use crate::record::write::write_str;
 use base64::Engine;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -270,7 +271,7 @@ impl Batcher {
 mod tests {
     use super::*;
     use crate::forward::protocol::Options;
-    use crate::forward::protocol::reader::MsgReader;
+    use crate::record::reader::MsgReader;
     use std::io::Read;
 
     fn batcher(gzip: Option<u32>) -> Batcher {

@@ -1,10 +1,11 @@
-//! The Fluent Forward protocol: wire forms, the encoder and batcher, the
-//! client (sidecar side) and the server (in-cluster receiver).
+//! The Fluent Forward protocol, and nothing else: its wire forms
+//! ([`protocol`]: messages, frames, handshake), authentication ([`auth`]),
+//! batching records into PackedForward chunks ([`batch`]), the client that
+//! sends them with acknowledgements (sidecar side) and the server that
+//! receives them (the in-cluster receiver).
 
 pub mod auth;
 pub mod batch;
 pub mod client;
-pub mod encode;
 pub mod protocol;
-pub mod scan;
 pub mod server;

@@ -4,8 +4,8 @@
 //! Written atomically: temp file, fsync, rename, fsync of the directory, so a
 //! crash leaves either the old or the new checkpoint, never a torn one.
 
-use super::Position;
 use super::files::Candidate;
+use crate::record::origin::Position;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -201,7 +201,7 @@ pub fn resolve(cp: &Checkpoint, cands: &[Candidate]) -> Resume {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::FileInfo;
+    use crate::record::origin::FileInfo;
     use std::sync::Arc;
 
     #[test]

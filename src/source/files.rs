@@ -5,7 +5,7 @@
 //! `audit-2006-01-02T15-04-05.000.log` (optionally gzipped to `.log.gz`
 //! later) and a new `audit.log` is created.
 
-use super::{FINGERPRINT_BYTES, fingerprint_of};
+use crate::record::origin::{FINGERPRINT_BYTES, fingerprint_of};
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

@@ -224,7 +224,7 @@ pub fn collect(dir: &Path, checkpoints: &[PathBuf]) -> (Vec<PathBuf>, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::{FileInfo, Position};
+    use crate::record::origin::{FileInfo, Position};
     use std::os::unix::fs::MetadataExt;
     use std::sync::Arc;
 
@@ -241,7 +241,10 @@ mod tests {
         let m = std::fs::metadata(file).unwrap();
         let info = Arc::new(FileInfo::new(path.to_path_buf(), m.dev(), m.ino(), false));
         let data = std::fs::read(file).unwrap();
-        info.note_head(0, &data[..data.len().min(crate::source::FINGERPRINT_BYTES)]);
+        info.note_head(
+            0,
+            &data[..data.len().min(crate::record::origin::FINGERPRINT_BYTES)],
+        );
         Checkpoint::from_position(&Position { file: info, offset })
             .save(cp)
             .unwrap();

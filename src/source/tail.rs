@@ -4,9 +4,10 @@
 
 use super::checkpoint::{self, Checkpoint, Resume};
 use super::files::{self, Candidate};
-use super::{FINGERPRINT_BYTES, FileInfo, LineSink, Skip, Stopped};
-use crate::logging::RateLimit;
-use crate::metrics::OutputMetrics;
+use super::{LineSink, Skip, Stopped};
+use crate::ops::logging::RateLimit;
+use crate::ops::metrics::OutputMetrics;
+use crate::record::origin::{FINGERPRINT_BYTES, FileInfo, fingerprint_of};
 use notify::Watcher;
 use std::collections::VecDeque;
 use std::fs::File;
@@ -313,7 +314,7 @@ impl Tail {
                 let same_head = || {
                     let mut h = vec![0; d.head_len];
                     std::os::unix::fs::FileExt::read_exact_at(&f, &mut h, 0).is_ok()
-                        && super::fingerprint_of(&h) == d.head_fp
+                        && fingerprint_of(&h) == d.head_fp
                 };
                 (d.dev == c.dev && d.ino == c.ino && d.gz == c.gz && same_head()) || d.is(&c)
             });

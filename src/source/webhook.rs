@@ -9,7 +9,7 @@
 //! the reason.
 
 use super::spool::{Spool, SpoolError};
-use crate::metrics::WebhookMetrics;
+use crate::ops::metrics::WebhookMetrics;
 use crate::transport::tls::ReloadingAcceptor;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};

@@ -24,7 +24,7 @@ struct Lines {
     filter: Arc<str>,
     stream: &'static str,
     buf: Vec<u8>,
-    limit: crate::logging::RateLimit,
+    limit: crate::ops::logging::RateLimit,
 }
 
 impl Lines {
@@ -62,7 +62,7 @@ impl LogOutput {
             filter,
             stream,
             buf: Vec::new(),
-            limit: crate::logging::RateLimit::default(),
+            limit: crate::ops::logging::RateLimit::default(),
         })))
     }
 

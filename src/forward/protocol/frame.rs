@@ -3,7 +3,7 @@
 //! Forward messages are sent back to back with no length prefix (spec §Message
 //! Modes), so a receiver learns where one ends only by walking its structure.
 
-use super::reader::{Head, MsgReader, ReadError};
+use crate::record::reader::{Head, MsgReader, ReadError};
 
 /// Result of looking for one complete msgpack value at the start of a buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

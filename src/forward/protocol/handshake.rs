@@ -4,8 +4,8 @@
 //! String fields are read as bytes: fluent-bit sends its raw salt bytes in a
 //! msgpack str that is not valid UTF-8, and nonces may be longer than 16 bytes.
 
-use super::reader::{MsgReader, ReadError};
-use super::write_str;
+use crate::record::reader::{MsgReader, ReadError};
+use crate::record::write::write_str;
 use sha2::{Digest, Sha512};
 
 /// HELO: `["HELO", {"nonce": .., "auth": .., "keepalive": bool}]`.

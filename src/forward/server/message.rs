@@ -1,8 +1,9 @@
 //! Decoding one Forward message into JSON lines (spec §Message Modes).
 
-use super::json::{self, ToJsonError};
-use crate::forward::protocol::reader::{Head, MsgReader, ReadError};
-use crate::forward::protocol::{EVENT_TIME_EXT, Options};
+use crate::forward::protocol::Options;
+use crate::record::json::{self, ToJsonError};
+use crate::record::reader::{Head, MsgReader, ReadError};
+use crate::record::time::EVENT_TIME_EXT;
 use rmp::Marker;
 use std::io::Read;
 
@@ -216,7 +217,8 @@ fn time(r: &mut MsgReader<'_>) -> Result<(), MessageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::forward::protocol::{EventTime, write_str};
+    use crate::record::time::EventTime;
+    use crate::record::write::write_str;
     use std::io::Write;
 
     fn rec(out: &mut Vec<u8>, v: u8) {
@@ -311,7 +313,7 @@ mod tests {
     }
 
     fn write_str_header(f: &mut Vec<u8>, n: usize) {
-        crate::forward::protocol::write_str_header(f, n);
+        crate::record::write::write_str_header(f, n);
     }
 
     fn gz(data: &[u8]) -> Vec<u8> {

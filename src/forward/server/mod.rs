@@ -4,11 +4,10 @@
 
 pub mod connection;
 pub mod dedupe;
-pub mod json;
 pub mod message;
 pub mod writer;
 
-use crate::metrics::ReceiverMetrics;
+use crate::ops::metrics::ReceiverMetrics;
 use connection::Connection;
 use dedupe::Dedupe;
 use std::sync::{Arc, Mutex};

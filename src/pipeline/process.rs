@@ -5,14 +5,19 @@
 
 use crate::config::OnInvalid;
 use crate::filter::apply::{self, Outcome};
-use crate::filter::chain::{Chain, Item, Pool, Positions, record_json};
+use crate::filter::chain::Chain;
+use crate::filter::item::{Item, Pool, Positions};
 use crate::filter::policy::Policy;
 use crate::forward::batch::{Batcher, Chunk};
-use crate::forward::encode::Transcoder;
-use crate::forward::protocol::{EventTime, write_str};
-use crate::logging::RateLimit;
-use crate::metrics::OutputMetrics;
-use crate::source::{FileInfo, LineSink, Skip, Stopped};
+use crate::ops::logging::RateLimit;
+use crate::ops::metrics::OutputMetrics;
+use crate::record::buf::fresh_capacity;
+use crate::record::encode::Transcoder;
+use crate::record::json::record_json;
+use crate::record::origin::FileInfo;
+use crate::record::time::EventTime;
+use crate::record::write::write_str;
+use crate::source::{LineSink, Skip, Stopped};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::warn;
@@ -77,19 +82,8 @@ fn free_if_big(v: &mut Vec<u8>) {
     }
 }
 
-/// Makes the empty buffer `v` hold at least `n` bytes: a new allocation
-/// when it is too small (`reserve` would `realloc`, copying the old
-/// allocation's bytes for nothing), rounded up to 4 KiB so that pooled
-/// buffers fit the next events of about the same size.
-pub fn fresh_capacity(v: &mut Vec<u8>, n: usize) {
-    debug_assert!(v.is_empty());
-    if v.capacity() < n {
-        *v = Vec::with_capacity(n.next_multiple_of(4096));
-    }
-}
-
 /// Room for `n` bytes in the empty buffer `v`: from the filter pool when
-/// there is one (its buffers come back there), else [`fresh_capacity`].
+/// there is one (its buffers come back there), else [`crate::record::buf::fresh_capacity`].
 fn room(pool: Option<&mut Pool>, v: &mut Vec<u8>, n: usize) {
     match pool {
         Some(p) => p.fit(v, n),
@@ -149,7 +143,7 @@ impl Processor {
         }
         fq.chain.maybe_reload();
         if let Err(msg) = fq.chain.run(&mut fq.items) {
-            self.fatal = Some(msg);
+            self.fatal = Some(msg.to_string());
             return Err(Stopped);
         }
         let queue = std::mem::take(&mut fq.queue);

@@ -4,9 +4,9 @@
 //! `&`, U+2028 and U+2029 as `\uXXXX`), so events written by kube-apiserver
 //! come out byte for byte as they went in.
 
-use crate::forward::protocol::EVENT_TIME_EXT;
-use crate::forward::protocol::reader::{Head, MsgReader, ReadError};
-use crate::forward::scan;
+use crate::record::reader::{Head, MsgReader, ReadError};
+use crate::record::scan;
+use crate::record::time::EVENT_TIME_EXT;
 use rmp::Marker;
 
 /// Deepest nesting written; deeper records are rejected.
@@ -209,10 +209,17 @@ fn write_body(out: &mut Vec<u8>, buf: &[u8], at: usize, len: usize) -> Result<()
     Ok(())
 }
 
+/// msgpack record → JSON text.
+pub fn record_json(rec: &[u8]) -> Result<String, String> {
+    let mut out = Vec::with_capacity(rec.len() + rec.len() / 4);
+    write_value(&mut MsgReader::new(rec), &mut out).map_err(|e| e.to_string())?;
+    String::from_utf8(out).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::forward::encode::Transcoder;
+    use crate::record::encode::Transcoder;
     use proptest::prelude::*;
 
     fn round_trip(json: &str) -> String {

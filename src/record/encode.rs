@@ -609,7 +609,7 @@ impl<'a> Parser<'a, '_> {
             self.out.truncate(hdr + need + len);
         }
         let mut h = Vec::with_capacity(5);
-        super::protocol::write_str_header(&mut h, len);
+        crate::record::write::write_str_header(&mut h, len);
         self.out[hdr..hdr + need].copy_from_slice(&h);
         if !want {
             return Ok(Cow::Borrowed(""));
@@ -723,7 +723,7 @@ fn scan(seg: &[u8]) -> Scan {
 /// `memcpy` call.
 #[inline(always)]
 fn put_str(out: &mut Vec<u8>, s: &[u8], start: usize, len: usize) {
-    super::protocol::write_str_header(out, len);
+    crate::record::write::write_str_header(out, len);
     if len <= 16 && start + 16 <= s.len() {
         out.reserve(16);
         // SAFETY: `start + 16 <= s.len()`, so 16 bytes are readable; 16
@@ -831,8 +831,8 @@ fn finish_container(out: &mut Vec<u8>, hdr: usize, count: u32, map: bool) -> usi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::forward::protocol::reader::MsgReader;
-    use crate::forward::server::json::write_value;
+    use crate::record::json::write_value;
+    use crate::record::reader::MsgReader;
     use proptest::prelude::*;
 
     fn json_value() -> impl Strategy<Value = serde_json::Value> {
@@ -884,8 +884,8 @@ mod tests {
                 .encode(one.as_bytes(), &mut mp)
                 .unwrap();
             let mut want = vec![0xde, 0, 1];
-            crate::forward::protocol::write_str(&mut want, b"k");
-            crate::forward::protocol::write_str(&mut want, text.as_bytes());
+            crate::record::write::write_str(&mut want, b"k");
+            crate::record::write::write_str(&mut want, text.as_bytes());
             assert_eq!(mp, want, "len {len}");
         }
         // A key with an escape still names a field.
@@ -927,20 +927,6 @@ mod tests {
                 (Err(JsonError::NotObject), Ok(v)) => prop_assert!(!v.is_object()),
                 _ => prop_assert!(false, "disagree on {:?}: ours {:?} serde {:?}", String::from_utf8_lossy(&line), ours, theirs.map(|_| ())),
             }
-        }
-
-        /// The frame measurer, the message decoder and the handshake
-        /// decoders never panic on garbage.
-        #[test]
-        fn receiver_decoding_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
-            use crate::forward::protocol::handshake::{Helo, Ping, Pong};
-            let _ = crate::forward::protocol::frame::measure(&bytes, 1 << 20);
-            let mut out = Vec::new();
-            let _ = crate::forward::server::message::decode(&bytes, 1 << 20, &mut out);
-            let _ = Helo::decode(&bytes);
-            let _ = Ping::decode(&bytes);
-            let _ = Pong::decode(&bytes);
-            let _ = crate::forward::protocol::decode_ack(&bytes);
         }
     }
 
@@ -1081,7 +1067,7 @@ mod key_tests {
             rec.clear();
             tc.encode(g.event().as_bytes(), &mut rec).unwrap();
             for e in &tc.top {
-                let k = crate::forward::protocol::reader::MsgReader::new(&rec[e.span.clone()])
+                let k = crate::record::reader::MsgReader::new(&rec[e.span.clone()])
                     .read_str_bytes()
                     .unwrap();
                 assert_eq!(tc.keys & key_bits(k), key_bits(k));

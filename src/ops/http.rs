@@ -1,7 +1,7 @@
 //! The operations endpoint (off unless `http_listen` is set): `/metrics`
 //! (Prometheus text format), `/healthz` (alive), `/readyz` (ready to serve).
 
-use crate::metrics::{Metrics, OutputMetrics};
+use crate::ops::metrics::{Metrics, OutputMetrics};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -68,7 +68,7 @@ impl State {
         match &*probe {
             Probe::Receive => Ok(()),
             Probe::Forward { outputs, grace } => {
-                let now = crate::forward::protocol::EventTime::now().as_f64();
+                let now = crate::record::time::EventTime::now().as_f64();
                 let ok = outputs.iter().any(|o| {
                     o.connected.get() == 1 || {
                         let since = o.down_since();

@@ -1,7 +1,7 @@
 //! Command-line interface. Flags override `AUDIT_*` environment variables,
 //! which override the config file (see `config`).
 
-use crate::logging::LogFormat;
+use crate::ops::logging::LogFormat;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 

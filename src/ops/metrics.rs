@@ -198,7 +198,7 @@ impl OutputMetrics {
         if up {
             self.down_since.store(0, Ordering::Relaxed);
         } else if self.down_since.load(Ordering::Relaxed) == 0 {
-            let now = crate::forward::protocol::EventTime::now().as_f64();
+            let now = crate::record::time::EventTime::now().as_f64();
             self.down_since.store(now.to_bits(), Ordering::Relaxed);
         }
     }

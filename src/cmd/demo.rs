@@ -9,7 +9,7 @@
 
 use crate::config::{Config, OutputSection, TailSection};
 use crate::forward::server::{Output, Server, ServerConfig};
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
 use crate::pipeline::{self, PipelineError};
 use crate::synth::{Generator, Mix};
 use std::collections::HashSet;
@@ -166,7 +166,7 @@ pub async fn run(events: usize, show: usize, filter: Option<PathBuf>) -> Result<
 
     // Wait (bounded) until both outputs accounted for every line.
     let outs = [metrics.output("security"), metrics.output("owner")];
-    let done = |m: &crate::metrics::OutputMetrics| {
+    let done = |m: &crate::ops::metrics::OutputMetrics| {
         m.events_acked.get() + m.dropped_count("policy") >= events as u64
     };
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -1,0 +1,259 @@
+//! The whole forward side in one place. Each output is its own pipeline
+//! (DESIGN.md invariant 3):
+//!
+//! ```text
+//! tail thread: Tail ──lines──► Processor (encode → batch) ──chunks (bounded)──►
+//! tokio:       Client (send, acks) ──watermark──► checkpoint task ──► state_dir/checkpoint-<output>.json
+//! ```
+
+pub mod output;
+pub mod process;
+
+use crate::config::{Config, OutputSection};
+use crate::filter::chain::Chain;
+use crate::filter::policy::Policy;
+use crate::ops::metrics::{Metrics, OutputMetrics};
+use crate::record::origin::Position;
+use crate::record::time::EventTime;
+use crate::source::checkpoint::{Checkpoint, CheckpointError};
+use output::OutputPlan;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("state_dir {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("output {output:?}: {source}")]
+    Policy {
+        output: String,
+        source: crate::filter::policy::PolicyError,
+    },
+    #[error("starting the tail thread: {0}")]
+    Thread(std::io::Error),
+    #[error("proxy: {0}")]
+    Proxy(String),
+    #[error("output {output:?}: {source}")]
+    Filter {
+        output: String,
+        source: crate::filter::wasm::LoadError,
+    },
+}
+
+/// What one output did.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub output: String,
+    pub lines_read: u64,
+    pub events_sent: u64,
+    pub events_acked: u64,
+    pub dropped_invalid: u64,
+    pub dropped_oversize: u64,
+    /// High-water mark of bytes read but not yet acknowledged.
+    pub buffered_bytes_max: u64,
+    pub checkpoint: Option<Checkpoint>,
+    /// Everything read was acknowledged (oneshot success).
+    pub complete: bool,
+    /// Why the output stopped on its own (a filter with `on_error = "stop"`).
+    pub fatal: Option<String>,
+}
+
+/// Runs every output until `shutdown` (or, with `oneshot`, until caught up
+/// and acknowledged).
+pub async fn run(
+    cfg: &Config,
+    oneshot: bool,
+    metrics: &Metrics,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Vec<Report>, PipelineError> {
+    std::fs::create_dir_all(&cfg.state_dir).map_err(|source| PipelineError::StateDir {
+        path: cfg.state_dir.clone(),
+        source,
+    })?;
+    // Every output stops on `shutdown`, or when one of them must stop.
+    let (stop_all, all_rx) = watch::channel(false);
+    let stop_all = Arc::new(stop_all);
+    {
+        let (mut sd, tx) = (shutdown.clone(), stop_all.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = crate::stopped(&mut sd) => { let _ = tx.send(true); }
+                _ = tx.closed() => {}
+            }
+        });
+    }
+    let mut tasks = Vec::new();
+    let sources = cfg.sources();
+    for src in &sources {
+        for o in &cfg.outputs {
+            let label = src.label(&o.name);
+            let p = OutputPlan {
+                cfg,
+                src,
+                out: o,
+                metrics: metrics.output(&label),
+                label,
+                oneshot,
+                shutdown: all_rx.clone(),
+                stop_all: stop_all.clone(),
+            }
+            .start()?;
+            tasks.push(tokio::spawn(p));
+        }
+    }
+    // Start-up is over (filters loaded): its code need not stay resident.
+    let advised = crate::ops::memory::release_startup_pages();
+    tracing::debug!(bytes = advised, "start-up pages released");
+    // The webhook spool: delete what every output acknowledged.
+    let spool_gc = sources.iter().find(|s| s.kind == "webhook").map(|src| {
+        let dir = cfg.spool_dir();
+        let cps: Vec<PathBuf> = cfg
+            .outputs
+            .iter()
+            .map(|o| checkpoint_path(cfg, &src.label(&o.name)))
+            .collect();
+        (dir, cps, metrics.webhook())
+    });
+    let gc_task = spool_gc.clone().map(|(dir, cps, m)| {
+        let mut stop = all_rx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => collect_spool(&dir, &cps, &m).await,
+                    _ = crate::stopped(&mut stop) => return,
+                }
+            }
+        })
+    });
+    drop(all_rx);
+    let mut reports = Vec::new();
+    for t in tasks {
+        match t.await {
+            Ok(r) => reports.push(r),
+            Err(e) => error!(error = %e, "output task failed"),
+        }
+    }
+    if let Some(t) = gc_task {
+        t.abort();
+    }
+    if let Some((dir, cps, m)) = spool_gc {
+        collect_spool(&dir, &cps, &m).await;
+    }
+    Ok(reports)
+}
+
+/// `state_dir/checkpoint-<label>.json`.
+pub fn checkpoint_path(cfg: &Config, label: &str) -> PathBuf {
+    cfg.state_dir.join(format!("checkpoint-{label}.json"))
+}
+
+async fn collect_spool(
+    dir: &std::path::Path,
+    cps: &[PathBuf],
+    m: &crate::ops::metrics::WebhookMetrics,
+) {
+    let (dir, cps) = (dir.to_path_buf(), cps.to_vec());
+    if let Ok((deleted, left)) =
+        tokio::task::spawn_blocking(move || crate::source::spool::collect(&dir, &cps)).await
+    {
+        for d in &deleted {
+            info!(path = %d.display(), "spool file acknowledged by every output: deleted");
+        }
+        m.spool_files_deleted.inc_by(deleted.len() as u64);
+        m.spool_bytes.set(left as i64);
+    }
+}
+
+/// Can the outputs be restarted from their checkpoints without losing
+/// data? Not while an output's checkpointed file exists only as a descriptor
+/// its tail holds open (rotated away and deleted): restarting would close it.
+pub fn restart_safe(cfg: &Config) -> Result<(), String> {
+    for src in cfg.sources() {
+        let cands = crate::source::files::candidates(&src.path);
+        for o in &cfg.outputs {
+            let label = src.label(&o.name);
+            if let Ok(Some(cp)) = Checkpoint::load(&checkpoint_path(cfg, &label))
+                && !cands.iter().any(|c| cp.matches(c))
+            {
+                return Err(format!(
+                    "output {label:?} is still reading {} (deleted from disk, kept open)",
+                    cp.file.path.display()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Bytes of the audit log not yet acknowledged: the rest of the watermark's
+/// file plus every file written after it (found by identity among the live
+/// file and its rotated siblings). Without a watermark, everything present.
+pub fn lag_bytes(live: &std::path::Path, wm: Option<&Position>) -> u64 {
+    let cands = crate::source::files::candidates(live);
+    let Some(wm) = wm else {
+        return cands.iter().map(|c| c.len).sum();
+    };
+    let at = cands
+        .iter()
+        .position(|c| !c.gz && c.dev == wm.file.dev && c.ino == wm.file.ino);
+    match at {
+        Some(i) => {
+            cands[i].len.saturating_sub(wm.offset)
+                + cands[i + 1..].iter().map(|c| c.len).sum::<u64>()
+        }
+        // The watermark's file is gone or compressed: count what is newer.
+        None => cands.iter().filter(|c| c.live).map(|c| c.len).sum(),
+    }
+}
+
+pub(crate) fn update_lag(m: &OutputMetrics, lag: u64) {
+    m.lag_bytes.set(lag as i64);
+    let secs = if lag == 0 || m.last_acked_ts.get() == 0.0 {
+        0.0
+    } else {
+        (EventTime::now().as_f64() - m.last_acked_ts.get()).max(0.0)
+    };
+    m.lag_seconds.set(secs);
+}
+
+/// Loads an output's WASM filters (compiled forms cached under
+/// `state_dir/wasm-cache`).
+pub fn load_filters(
+    cfg: &Config,
+    o: &OutputSection,
+    m: OutputMetrics,
+) -> Result<Chain, PipelineError> {
+    let cache = Some(cfg.state_dir.join("wasm-cache"));
+    let specs = o
+        .filters
+        .iter()
+        .map(|f| (f.spec(cache.clone()), f.on_error))
+        .collect();
+    Chain::load(specs, m).map_err(|source| PipelineError::Filter {
+        output: o.name.clone(),
+        source,
+    })
+}
+
+/// Loads an output's policy (preset or file), logging lenient-decoding warnings.
+pub fn load_policy(o: &OutputSection) -> Result<Option<Policy>, PipelineError> {
+    let Some(spec) = o.policy_spec() else {
+        return Ok(None);
+    };
+    let p = Policy::load(&spec).map_err(|source| PipelineError::Policy {
+        output: o.name.clone(),
+        source,
+    })?;
+    for w in p.warnings() {
+        warn!(output = %o.name, policy = %spec, "{w}");
+    }
+    Ok(Some(p))
+}
