@@ -8,7 +8,11 @@
 //! names to run; BENCH_DATA_DIR, keep the generated logs there, e.g. for
 //! `perf record` of a single `forward --oneshot` run).
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use audit_forwarder::synth::{Generator, Mix};
+use common::{free_port, listening_port};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -70,16 +74,7 @@ fn receiver_with(output: &str, extra: &[&str]) -> (Child, u16) {
         }
     }
     std::thread::spawn(move || for _ in err.lines() {});
-    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-    let port = v["fields"]["listen"]
-        .as_str()
-        .unwrap()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    (c, port)
+    (c, listening_port(&line))
 }
 
 fn forward(log: &Path, state: &Path, port: u16, extra: &[&str], oneshot: bool) -> Child {
@@ -177,13 +172,6 @@ fn row(name: &str, r: &[f64; 6]) {
         "| {name:<28} | {:>9.0} | {:>7.1} | {:>6.2} | {:>6.2} | {:>6.1} | {:>6.1} |",
         r[0], r[1], r[2], r[3], r[4], r[5]
     );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }
 
 /// `audit_forwarder_receiver_events_total` from the receiver's /metrics.
@@ -364,93 +352,23 @@ fn selected(name: &str) -> bool {
     }
 }
 
-/// A CA and a server certificate for 127.0.0.1 (openssl): (ca, crt, key).
-fn tls_files(dir: &Path) -> Option<(String, String, String)> {
-    let p = |f: &str| dir.join(f).display().to_string();
-    let run = |args: &[&str]| {
-        Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    std::fs::write(dir.join("leaf.ext"), "subjectAltName=IP:127.0.0.1\n").ok()?;
-    let ok = run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=bench-ca",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-    ]) && run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        "tls.key",
-        "-out",
-        "tls.csr",
-    ]) && run(&[
-        "x509",
-        "-req",
-        "-in",
-        "tls.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "leaf.ext",
-        "-out",
-        "tls.crt",
-    ]);
-    ok.then(|| (p("ca.crt"), p("tls.crt"), p("tls.key")))
+/// A CA and a server certificate for 127.0.0.1 (the tests' PKI, made with
+/// openssl): (ca, crt, key).
+fn tls_files() -> (common::pki::Pki, (String, String, String)) {
+    let pki = common::pki::Pki::new();
+    let files = (pki.p("ca.crt"), pki.p("server.crt"), pki.p("server.key"));
+    (pki, files)
 }
 
 /// tinyproxy on a free loopback port, if installed.
-fn tinyproxy(dir: &Path) -> Option<(Child, u16)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .ok()?
-        .local_addr()
-        .ok()?
-        .port();
-    let conf = dir.join("tinyproxy.conf");
-    std::fs::write(
-        &conf,
-        format!("Port {port}\nListen 127.0.0.1\nAllow 127.0.0.1\nMaxClients 16\nLogLevel Error\n"),
-    )
-    .ok()?;
-    let c = Command::new("tinyproxy")
-        .arg("-d")
-        .arg("-c")
-        .arg(&conf)
+fn tinyproxy(dir: &Path) -> Option<(common::proxies::Daemon, u16)> {
+    let installed = Command::new("tinyproxy")
+        .arg("-v")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    // Bounded wait until it accepts.
-    for _ in 0..500 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Some((c, port));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    None
+        .status()
+        .is_ok();
+    installed.then(|| common::proxies::tinyproxy(dir, ""))
 }
 
 fn latency(rate: usize, secs: usize) {
@@ -612,7 +530,7 @@ fn main() {
     if wasm.is_empty() {
         println!("(WASM variants skipped: build example-filters/ first)");
     }
-    let tls = tls_files(d.path());
+    let (_pki, tls) = tls_files();
     for (name, log, bytes) in &logs {
         throughput(&format!("{name} plain"), log, events, *bytes, &[], st);
         throughput(
@@ -641,7 +559,8 @@ fn main() {
             &["--set", "output.gzip=true"],
             st,
         );
-        if let Some((ca, crt, key)) = &tls {
+        {
+            let (ca, crt, key) = &tls;
             let ca = format!("output.tls_ca_file={ca:?}");
             let c = format!("receive.tls_cert_file={crt:?}");
             let k = format!("receive.tls_key_file={key:?}");
@@ -655,7 +574,7 @@ fn main() {
                 &["--set", &c, "--set", &k],
             );
         }
-        if let Some(mut p) = tinyproxy(d.path()) {
+        if let Some(p) = tinyproxy(d.path()) {
             let url = format!("output.proxy.url=\"http://127.0.0.1:{}\"", p.1);
             throughput(
                 &format!("{name} via tinyproxy"),
@@ -665,8 +584,7 @@ fn main() {
                 &["--set", &url],
                 st,
             );
-            let _ = p.0.kill();
-            let _ = p.0.wait();
+            drop(p);
         }
     }
     for (name, log, bytes) in logs.iter().filter(|(n, _, _)| *n == "metadata") {

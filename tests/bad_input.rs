@@ -6,17 +6,6 @@ mod common;
 use common::*;
 use std::io::Write;
 
-fn oneshot(log: &std::path::Path, state: &std::path::Path, port: u16, extra: &[&str]) -> Proc {
-    let mut args = forward_args(log, state, port);
-    args.push("--oneshot".into());
-    for e in extra {
-        args.push((*e).into());
-    }
-    let mut f = spawn_forward(&args);
-    assert_eq!(f.wait_exit(), 0, "{}", f.all_logs());
-    f
-}
-
 const A: &str = r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"a","stage":"ResponseComplete","verb":"get"}"#;
 const B: &str = r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"b","stage":"ResponseComplete","verb":"list"}"#;
 

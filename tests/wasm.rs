@@ -30,13 +30,8 @@ fn guest(name: &str) -> PathBuf {
 fn forward_oneshot(log: &Path, dir: &Path, name: &str, sets: &[String]) -> Vec<Value> {
     let out = dir.join(format!("out-{name}.jsonl"));
     let (_rx, port) = receiver(&out, &[]);
-    let mut a = forward_args(log, &dir.join(format!("state-{name}")), port);
-    a.push("--oneshot".into());
-    for s in sets {
-        a.extend(["--set".into(), s.clone()]);
-    }
-    let mut f = spawn_forward(&a);
-    assert_eq!(f.wait_exit(), 0, "{}", f.all_logs());
+    let extra: Vec<&str> = sets.iter().flat_map(|s| ["--set", s.as_str()]).collect();
+    oneshot(log, &dir.join(format!("state-{name}")), port, &extra);
     json_values(&read_lines(&out))
 }
 

@@ -10,6 +10,7 @@
 
 use super::spool::{Spool, SpoolError};
 use crate::ops::metrics::WebhookMetrics;
+use crate::transport::listen::{self, Listener, Observer, WhenFull};
 use crate::transport::tls::ReloadingAcceptor;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -24,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 /// Concurrent connections served; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 256;
@@ -396,9 +397,13 @@ impl Webhook {
 
 /// Binds `webhook.listen` (errors name the setting).
 pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| {
-        std::io::Error::new(e.kind(), format!("binding webhook.listen = {addr:?}: {e}"))
-    })
+    listen::bind("webhook.listen", addr).await
+}
+
+impl Observer for Webhook {
+    fn refused(&self, reason: &'static str) {
+        self.metrics.rejected(reason);
+    }
 }
 
 /// Serves until `shutdown`.
@@ -406,52 +411,23 @@ pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<ReloadingAcceptor>>,
     st: Arc<Webhook>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    if let Ok(a) = listener.local_addr() {
-        info!(listen = %a, tls = tls.is_some(), "webhook source listening");
-    }
-    let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = crate::stopped(&mut shutdown) => return,
-        };
-        let (sock, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!(error = %e, "webhook accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = crate::stopped(&mut shutdown) => return,
-        };
+    let l = Listener {
+        name: "webhook source",
+        limit_key: "the webhook's connection limit",
+        listener,
+        tls,
+        max_connections: MAX_CONNECTIONS,
+        when_full: WhenFull::Wait,
+        tls_timeout: Duration::from_secs(30),
+        nodelay: false,
+    };
+    let obs = st.clone();
+    l.serve(obs, shutdown, move |stream, peer, mut sd| {
         let st = st.clone();
-        let acceptor = tls.as_ref().map(|a| a.acceptor());
-        let sd = shutdown.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
+        async move {
             let peer = peer.to_string();
-            let stream: crate::transport::Stream = match acceptor {
-                None => Box::new(sock),
-                Some(acc) => {
-                    match tokio::time::timeout(Duration::from_secs(30), acc.accept(sock)).await {
-                        Ok(Ok(s)) => Box::new(s),
-                        Ok(Err(e)) => {
-                            st.metrics.rejected("tls");
-                            warn!(%peer, error = %e, "webhook: TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            st.metrics.rejected("tls");
-                            warn!(%peer, "webhook: TLS handshake timed out");
-                            return;
-                        }
-                    }
-                }
-            };
             let p = peer.clone();
             let svc = hyper::service::service_fn(move |req| st.clone().handle(req, p.clone()));
             let conn = hyper::server::conn::http1::Builder::new()
@@ -459,7 +435,6 @@ pub async fn serve(
                 .header_read_timeout(Duration::from_secs(30))
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
             tokio::pin!(conn);
-            let mut sd = sd;
             tokio::select! {
                 r = conn.as_mut() => if let Err(e) = r { debug!(%peer, error = %e, "webhook connection ended") },
                 _ = crate::stopped(&mut sd) => {
@@ -467,8 +442,9 @@ pub async fn serve(
                     let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
                 }
             }
-        });
-    }
+        }
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! Byte streams to a Forward server: plain TCP, or a tunnel through an HTTP
 //! CONNECT proxy; TLS to the server wraps either (the same [`Stream`] type).
+//! The servers' side: [`listen`], the one accept loop.
 
+pub mod listen;
 pub mod proxy;
 pub mod tcp;
 pub mod tls;

@@ -168,14 +168,15 @@ pub fn receiver_on(listen: &str, out: &Path, extra: &[&str]) -> (Proc, u16) {
     ];
     args.extend_from_slice(extra);
     let p = Proc::spawn(&args, &[]);
-    let line = p.wait_log("receiver listening");
-    let v: serde_json::Value = serde_json::from_str(&line).expect("json log");
-    let addr = v["fields"]["listen"]
-        .as_str()
-        .expect("listen field")
-        .to_string();
-    let port = addr.rsplit(':').next().unwrap().parse().unwrap();
+    let port = listening_port(&p.wait_log("receiver listening"));
     (p, port)
+}
+
+/// The port of a server's JSON "... listening" log line (`listen` field).
+pub fn listening_port(line: &str) -> u16 {
+    let v: serde_json::Value = serde_json::from_str(line).expect("json log");
+    let addr = v["fields"]["listen"].as_str().expect("listen field");
+    addr.rsplit(':').next().unwrap().parse().unwrap()
 }
 
 /// A port that was free a moment ago (for a receiver started later).
@@ -204,6 +205,17 @@ pub fn forward_args(log: &Path, state: &Path, port: u16) -> Vec<String> {
         "--set".into(),
         "output.retry_min=\"20ms\"".into(),
     ]
+}
+
+/// `forward --oneshot` of `log` → 127.0.0.1:`port` with `extra`
+/// arguments; asserts that it exits 0.
+pub fn oneshot(log: &Path, state: &Path, port: u16, extra: &[&str]) -> Proc {
+    let mut args = forward_args(log, state, port);
+    args.push("--oneshot".into());
+    args.extend(extra.iter().map(|e| e.to_string()));
+    let mut f = spawn_forward(&args);
+    assert_eq!(f.wait_exit(), 0, "{}", f.all_logs());
+    f
 }
 
 pub fn spawn_forward(args: &[String]) -> Proc {

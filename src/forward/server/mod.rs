@@ -8,13 +8,14 @@ pub mod message;
 pub mod writer;
 
 use crate::ops::metrics::ReceiverMetrics;
+use crate::transport::listen::{self, Listener, Observer, WhenFull};
+use crate::transport::tls::ReloadingAcceptor;
 use connection::Connection;
 use dedupe::Dedupe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
-use tracing::{debug, info, warn};
+use tokio::sync::watch;
+use tracing::warn;
 pub use writer::{Output, Writer};
 
 #[derive(Debug, Clone)]
@@ -42,38 +43,51 @@ pub struct Shared {
 
 /// A bound receiver, ready to serve.
 pub struct Server {
-    listener: TcpListener,
+    listener: Listener,
     shared: Arc<Shared>,
-    tls: Option<Arc<crate::transport::tls::ReloadingAcceptor>>,
+}
+
+/// The receiver's connection counts.
+impl Observer for Shared {
+    fn refused(&self, reason: &'static str) {
+        self.m.rejected(reason);
+    }
+    fn opened(&self) {
+        self.m.connections.inc();
+        self.m.connections_active.inc();
+    }
+    fn closed(&self) {
+        self.m.connections_active.dec();
+    }
 }
 
 impl Server {
     pub async fn bind(cfg: ServerConfig, m: ReceiverMetrics) -> std::io::Result<Server> {
-        let listener = TcpListener::bind(&cfg.listen).await.map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("binding receive.listen = {:?}: {e}", cfg.listen),
-            )
-        })?;
+        let listener = listen::bind("receive.listen", &cfg.listen).await?;
         let tls = match &cfg.tls {
             Some(t) => Some(Arc::new(
-                crate::transport::tls::ReloadingAcceptor::new(t.clone())
-                    .map_err(std::io::Error::other)?,
+                ReloadingAcceptor::new(t.clone()).map_err(std::io::Error::other)?,
             )),
             None => None,
         };
         let writer = Writer::start(cfg.output.clone())?;
+        let listener = Listener {
+            name: "receiver",
+            limit_key: "receive.max_connections",
+            listener,
+            tls,
+            max_connections: cfg.max_connections,
+            when_full: WhenFull::Refuse,
+            tls_timeout: Duration::from_secs(30),
+            nodelay: true,
+        };
         let shared = Arc::new(Shared {
             dedupe: Mutex::new(Dedupe::new(cfg.dedupe_window)),
             cfg,
             writer,
             m,
         });
-        Ok(Server {
-            listener,
-            shared,
-            tls,
-        })
+        Ok(Server { listener, shared })
     }
 
     pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
@@ -81,65 +95,21 @@ impl Server {
     }
 
     /// Accepts until `shutdown` turns true.
-    pub async fn serve(self, mut shutdown: watch::Receiver<bool>) {
-        let limit = Arc::new(Semaphore::new(self.shared.cfg.max_connections));
-        info!(listen = %self.local_addr().map(|a| a.to_string()).unwrap_or_default(), "receiver listening");
-        loop {
-            let (sock, peer) = tokio::select! {
-                r = self.listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
+    pub async fn serve(self, shutdown: watch::Receiver<bool>) {
+        let shared = self.shared.clone();
+        self.listener
+            .serve(self.shared, shutdown, move |stream, peer, _| {
+                let shared = shared.clone();
+                async move {
+                    let r = Connection::new(stream, peer.to_string(), shared.clone())
+                        .run()
+                        .await;
+                    if let Err(e) = r {
+                        shared.m.rejected(e.reason());
+                        warn!(%peer, error = %e, "connection closed");
                     }
-                },
-                _ = crate::stopped(&mut shutdown) => break,
-            };
-            let Ok(permit) = limit.clone().try_acquire_owned() else {
-                self.shared.m.rejected("too_many_connections");
-                warn!(%peer, max = self.shared.cfg.max_connections, "connection refused: receive.max_connections reached");
-                drop(sock);
-                continue;
-            };
-            let _ = sock.set_nodelay(true);
-            self.shared.m.connections.inc();
-            let shared = self.shared.clone();
-            let tls = self.tls.as_ref().map(|a| a.acceptor());
-            tokio::spawn(async move {
-                shared.m.connections_active.inc();
-                debug!(%peer, "connection accepted");
-                let stream: crate::transport::Stream = match tls {
-                    None => Box::new(sock),
-                    Some(acc) => {
-                        match tokio::time::timeout(Duration::from_secs(30), acc.accept(sock)).await
-                        {
-                            Ok(Ok(s)) => Box::new(s),
-                            Ok(Err(e)) => {
-                                shared.m.rejected("tls");
-                                warn!(%peer, error = %e, "TLS handshake failed");
-                                shared.m.connections_active.dec();
-                                return;
-                            }
-                            Err(_) => {
-                                shared.m.rejected("tls");
-                                warn!(%peer, "TLS handshake timed out");
-                                shared.m.connections_active.dec();
-                                return;
-                            }
-                        }
-                    }
-                };
-                let r = Connection::new(stream, peer.to_string(), shared.clone())
-                    .run()
-                    .await;
-                if let Err(e) = r {
-                    shared.m.rejected(e.reason());
-                    warn!(%peer, error = %e, "connection closed");
                 }
-                shared.m.connections_active.dec();
-                drop(permit);
-            });
-        }
+            })
+            .await
     }
 }
