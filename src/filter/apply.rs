@@ -1,4 +1,4 @@
-//! Applying a policy decision to an already-encoded record (DESIGN.md: the
+//! Applying a policy decision to an already-encoded record (docs/ARCHITECTURE.md, "Performance notes": the
 //! decision is applied while the record is on its way, never by re-parsing
 //! JSON): entries are copied from the spans the encoder recorded, bodies the
 //! output level does not include are left out, `level` is rewritten, and

@@ -4,7 +4,7 @@
 //!
 //! Publishes the *watermark*: the end position of the longest prefix of
 //! chunks that were acknowledged (or carried no events). Only that position
-//! may be checkpointed (DESIGN.md invariant 1).
+//! may be checkpointed (ARCHITECTURE.md invariant 1).
 
 use super::auth::AuthError;
 use super::batch::Chunk;

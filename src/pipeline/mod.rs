@@ -1,10 +1,8 @@
-//! The whole forward side in one place. Each output is its own pipeline
-//! (DESIGN.md invariant 3):
-//!
-//! ```text
-//! tail thread: Tail ──lines──► Processor (encode → batch) ──chunks (bounded)──►
-//! tokio:       Client (send, acks) ──watermark──► checkpoint task ──► state_dir/checkpoint-<output>.json
-//! ```
+//! The forward side's wiring. Each (source, output) pair is its own
+//! pipeline (docs/ARCHITECTURE.md invariant 3), wired in [`output`]; this
+//! file starts them, collects the webhook spool, and holds what the
+//! commands ask of the pipelines (policy and filter loading, restart
+//! safety, lag).
 
 pub mod output;
 pub mod process;

@@ -1,5 +1,5 @@
 //! The encoder stage: one audit event JSON line → one msgpack record, in a
-//! single pass with no intermediate DOM (DESIGN.md "decode once").
+//! single pass with no intermediate DOM (docs/ARCHITECTURE.md, "Performance notes").
 //!
 //! While transcoding it borrows the few fields that policy and filters need
 //! (verb, user, objectRef, stage, level, requestURI, stageTimestamp, auditID)

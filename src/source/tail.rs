@@ -130,7 +130,7 @@ pub struct Tail {
     finished: VecDeque<Done>,
     /// Rotated files newer than the one being read, opened as soon as they
     /// are seen so that a writer deleting old files (`--audit-log-maxbackup`)
-    /// cannot take them away while this reader is behind (DESIGN.md
+    /// cannot take them away while this reader is behind (ARCHITECTURE.md
     /// invariant 4). In rotation order.
     holder: Arc<std::sync::Mutex<Holder>>,
     buf: Vec<u8>,
@@ -677,7 +677,7 @@ impl Tail {
 
 /// Keeps the rotated files that follow the one being read open, so that a
 /// writer deleting old files (`--audit-log-maxbackup`) cannot take them away
-/// while the reader is behind (DESIGN.md invariant 4) — also while it waits
+/// while the reader is behind (ARCHITECTURE.md invariant 4) — also while it waits
 /// on a slow or absent receiver. A thread lists the files every
 /// `poll_interval`; the tail takes held files in rotation order.
 struct Holder {

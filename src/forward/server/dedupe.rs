@@ -1,5 +1,5 @@
 //! Remembers recently written chunk ids so a chunk resent after a lost ack
-//! is acknowledged again but not written twice (DESIGN.md invariant 5).
+//! is acknowledged again but not written twice (ARCHITECTURE.md invariant 5).
 
 use std::collections::{HashSet, VecDeque};
 

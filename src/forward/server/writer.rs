@@ -1,6 +1,6 @@
 //! The receiver's single output writer: lines from every connection go
 //! through one thread, so they never interleave, and a connection learns when
-//! its lines were written *and flushed* (DESIGN.md invariant 6).
+//! its lines were written *and flushed* (ARCHITECTURE.md invariant 6).
 
 use std::io::Write;
 use std::path::PathBuf;
