@@ -23,18 +23,22 @@ const RS_CONTROLLER: (&str, &[&str]) = (
 );
 const ANONYMOUS: (&str, &[&str]) = ("system:anonymous", &["system:unauthenticated"]);
 
+/// An `objectRef`: (apiGroup, resource, subresource, namespace, name).
+type Obj = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+);
+
 /// A resource request; `name` is `objectRef.name` as written in the event
 /// (for a create, filled in from the body), turned into the checker's name.
-#[allow(clippy::too_many_arguments)]
 fn res(
     who: (&'static str, &'static [&'static str]),
     verb: &'static str,
     uri: &'static str,
-    api_group: &'static str,
-    resource: &'static str,
-    subresource: &'static str,
-    namespace: &'static str,
-    name: &'static str,
+    (api_group, resource, subresource, namespace, name): Obj,
 ) -> Attributes<'static> {
     Attributes {
         user: Some(who.0),
@@ -82,58 +86,58 @@ fn fixtures() -> Vec<(&'static str, Attributes<'static>, [Level; 3])> {
     };
     vec![
         // Pods.
-        ("create pod", res(ADMIN, "create", ns_pods, "", "pods", "", "default", "nginx"), [M, RR, RR]),
-        ("patch pod", res(ADMIN, "patch", pod, "", "pods", "", "default", "nginx"), [M, RR, RR]),
-        ("update pod", res(ADMIN, "update", pod, "", "pods", "", "default", "nginx"), [M, RR, RR]),
-        ("delete pod", res(ADMIN, "delete", pod, "", "pods", "", "default", "nginx"), [M, RR, RR]),
-        ("get pod", res(ADMIN, "get", pod, "", "pods", "", "default", "nginx"), [M, N, M]),
-        ("list pods", res(ADMIN, "list", ns_pods, "", "pods", "", "default", ""), [M, N, M]),
-        ("watch all pods", res(KUBELET, "watch", "/api/v1/pods?fieldSelector=spec.nodeName%3Dnode-1&watch=true", "", "pods", "", "", ""), [M, N, M]),
-        ("deletecollection pods", res(ADMIN, "deletecollection", ns_pods, "", "pods", "", "default", ""), [M, N, M]),
-        ("kubelet patches pod status", res(KUBELET, "patch", "/api/v1/namespaces/default/pods/nginx/status", "", "pods", "status", "default", "nginx"), [M, N, M]),
-        ("scheduler binds pod", res(ADMIN, "create", "/api/v1/namespaces/default/pods/nginx/binding", "", "pods", "binding", "default", "nginx"), [M, N, M]),
+        ("create pod", res(ADMIN, "create", ns_pods, ("", "pods", "", "default", "nginx")), [M, RR, RR]),
+        ("patch pod", res(ADMIN, "patch", pod, ("", "pods", "", "default", "nginx")), [M, RR, RR]),
+        ("update pod", res(ADMIN, "update", pod, ("", "pods", "", "default", "nginx")), [M, RR, RR]),
+        ("delete pod", res(ADMIN, "delete", pod, ("", "pods", "", "default", "nginx")), [M, RR, RR]),
+        ("get pod", res(ADMIN, "get", pod, ("", "pods", "", "default", "nginx")), [M, N, M]),
+        ("list pods", res(ADMIN, "list", ns_pods, ("", "pods", "", "default", "")), [M, N, M]),
+        ("watch all pods", res(KUBELET, "watch", "/api/v1/pods?fieldSelector=spec.nodeName%3Dnode-1&watch=true", ("", "pods", "", "", "")), [M, N, M]),
+        ("deletecollection pods", res(ADMIN, "deletecollection", ns_pods, ("", "pods", "", "default", "")), [M, N, M]),
+        ("kubelet patches pod status", res(KUBELET, "patch", "/api/v1/namespaces/default/pods/nginx/status", ("", "pods", "status", "default", "nginx")), [M, N, M]),
+        ("scheduler binds pod", res(ADMIN, "create", "/api/v1/namespaces/default/pods/nginx/binding", ("", "pods", "binding", "default", "nginx")), [M, N, M]),
         // Deployments and other workloads.
-        ("create deployment", res(ADMIN, "create", deps, "apps", "deployments", "", "default", "web"), [M, RR, RR]),
-        ("patch deployment", res(ADMIN, "patch", dep, "apps", "deployments", "", "default", "web"), [M, RR, RR]),
-        ("delete deployment", res(ADMIN, "delete", dep, "apps", "deployments", "", "default", "web"), [M, RR, RR]),
-        ("get deployment", res(ADMIN, "get", dep, "apps", "deployments", "", "default", "web"), [M, N, M]),
-        ("scale deployment", res(ADMIN, "patch", "/apis/apps/v1/namespaces/default/deployments/web/scale", "apps", "deployments", "scale", "default", "web"), [M, N, M]),
-        ("controller updates replicaset", res(RS_CONTROLLER, "update", "/apis/apps/v1/namespaces/default/replicasets/web-5d9c", "apps", "replicasets", "", "default", "web-5d9c"), [M, RR, RR]),
-        ("update statefulset", res(ADMIN, "update", "/apis/apps/v1/namespaces/db/statefulsets/pg", "apps", "statefulsets", "", "db", "pg"), [M, RR, RR]),
-        ("patch daemonset", res(ADMIN, "patch", "/apis/apps/v1/namespaces/kube-system/daemonsets/proxy", "apps", "daemonsets", "", "kube-system", "proxy"), [M, RR, RR]),
-        ("create job (batch)", res(ADMIN, "create", "/apis/batch/v1/namespaces/default/jobs", "batch", "jobs", "", "default", "pi"), [M, N, M]),
+        ("create deployment", res(ADMIN, "create", deps, ("apps", "deployments", "", "default", "web")), [M, RR, RR]),
+        ("patch deployment", res(ADMIN, "patch", dep, ("apps", "deployments", "", "default", "web")), [M, RR, RR]),
+        ("delete deployment", res(ADMIN, "delete", dep, ("apps", "deployments", "", "default", "web")), [M, RR, RR]),
+        ("get deployment", res(ADMIN, "get", dep, ("apps", "deployments", "", "default", "web")), [M, N, M]),
+        ("scale deployment", res(ADMIN, "patch", "/apis/apps/v1/namespaces/default/deployments/web/scale", ("apps", "deployments", "scale", "default", "web")), [M, N, M]),
+        ("controller updates replicaset", res(RS_CONTROLLER, "update", "/apis/apps/v1/namespaces/default/replicasets/web-5d9c", ("apps", "replicasets", "", "default", "web-5d9c")), [M, RR, RR]),
+        ("update statefulset", res(ADMIN, "update", "/apis/apps/v1/namespaces/db/statefulsets/pg", ("apps", "statefulsets", "", "db", "pg")), [M, RR, RR]),
+        ("patch daemonset", res(ADMIN, "patch", "/apis/apps/v1/namespaces/kube-system/daemonsets/proxy", ("apps", "daemonsets", "", "kube-system", "proxy")), [M, RR, RR]),
+        ("create job (batch)", res(ADMIN, "create", "/apis/batch/v1/namespaces/default/jobs", ("batch", "jobs", "", "default", "pi")), [M, N, M]),
         // Cluster API machines and Gatekeeper templates.
-        ("create machine", res(ADMIN, "create", "/apis/cluster.k8s.io/v1alpha1/namespaces/kube-system/machines", "cluster.k8s.io", "machines", "", "kube-system", "m-1"), [M, RR, RR]),
-        ("patch machinedeployment", res(ADMIN, "patch", "/apis/cluster.k8s.io/v1alpha1/namespaces/kube-system/machinedeployments/md", "cluster.k8s.io", "machinedeployments", "", "kube-system", "md"), [M, RR, RR]),
-        ("get machineset", res(ADMIN, "get", "/apis/cluster.k8s.io/v1alpha1/namespaces/kube-system/machinesets/ms", "cluster.k8s.io", "machinesets", "", "kube-system", "ms"), [M, N, M]),
-        ("create constrainttemplate", res(ADMIN, "create", "/apis/templates.gatekeeper.sh/v1/constrainttemplates", "templates.gatekeeper.sh", "constrainttemplates", "", "", "k8srequiredlabels"), [M, RR, RR]),
-        ("update constrainttemplate status", res(ADMIN, "update", "/apis/templates.gatekeeper.sh/v1/constrainttemplates/k8srequiredlabels/status", "templates.gatekeeper.sh", "constrainttemplates", "status", "", "k8srequiredlabels"), [M, RR, RR]),
-        ("list constrainttemplates", res(ADMIN, "list", "/apis/templates.gatekeeper.sh/v1/constrainttemplates", "templates.gatekeeper.sh", "constrainttemplates", "", "", ""), [M, N, M]),
+        ("create machine", res(ADMIN, "create", "/apis/cluster.k8s.io/v1alpha1/namespaces/kube-system/machines", ("cluster.k8s.io", "machines", "", "kube-system", "m-1")), [M, RR, RR]),
+        ("patch machinedeployment", res(ADMIN, "patch", "/apis/cluster.k8s.io/v1alpha1/namespaces/kube-system/machinedeployments/md", ("cluster.k8s.io", "machinedeployments", "", "kube-system", "md")), [M, RR, RR]),
+        ("get machineset", res(ADMIN, "get", "/apis/cluster.k8s.io/v1alpha1/namespaces/kube-system/machinesets/ms", ("cluster.k8s.io", "machinesets", "", "kube-system", "ms")), [M, N, M]),
+        ("create constrainttemplate", res(ADMIN, "create", "/apis/templates.gatekeeper.sh/v1/constrainttemplates", ("templates.gatekeeper.sh", "constrainttemplates", "", "", "k8srequiredlabels")), [M, RR, RR]),
+        ("update constrainttemplate status", res(ADMIN, "update", "/apis/templates.gatekeeper.sh/v1/constrainttemplates/k8srequiredlabels/status", ("templates.gatekeeper.sh", "constrainttemplates", "status", "", "k8srequiredlabels")), [M, RR, RR]),
+        ("list constrainttemplates", res(ADMIN, "list", "/apis/templates.gatekeeper.sh/v1/constrainttemplates", ("templates.gatekeeper.sh", "constrainttemplates", "", "", "")), [M, N, M]),
         // Interactive access.
-        ("exec (POST)", res(ADMIN, "create", "/api/v1/namespaces/default/pods/nginx/exec?command=sh&stdin=true&tty=true", "", "pods", "exec", "default", "nginx"), [M, Rq, RR]),
-        ("exec (websocket GET)", res(ADMIN, "get", "/api/v1/namespaces/default/pods/nginx/exec?command=ls", "", "pods", "exec", "default", "nginx"), [M, Rq, RR]),
-        ("port-forward", res(ADMIN, "create", "/api/v1/namespaces/default/pods/nginx/portforward", "", "pods", "portforward", "default", "nginx"), [M, Rq, RR]),
-        ("pod proxy", res(ADMIN, "get", "/api/v1/namespaces/default/pods/nginx/proxy/metrics", "", "pods", "proxy", "default", "nginx"), [M, Rq, RR]),
-        ("service proxy", res(ADMIN, "get", "/api/v1/namespaces/kube-system/services/dashboard/proxy/", "", "services", "proxy", "kube-system", "dashboard"), [M, Rq, RR]),
-        ("attach (not listed)", res(ADMIN, "create", "/api/v1/namespaces/default/pods/nginx/attach", "", "pods", "attach", "default", "nginx"), [M, N, M]),
-        ("pod logs", res(ADMIN, "get", "/api/v1/namespaces/default/pods/nginx/log?follow=true", "", "pods", "log", "default", "nginx"), [M, M, M]),
+        ("exec (POST)", res(ADMIN, "create", "/api/v1/namespaces/default/pods/nginx/exec?command=sh&stdin=true&tty=true", ("", "pods", "exec", "default", "nginx")), [M, Rq, RR]),
+        ("exec (websocket GET)", res(ADMIN, "get", "/api/v1/namespaces/default/pods/nginx/exec?command=ls", ("", "pods", "exec", "default", "nginx")), [M, Rq, RR]),
+        ("port-forward", res(ADMIN, "create", "/api/v1/namespaces/default/pods/nginx/portforward", ("", "pods", "portforward", "default", "nginx")), [M, Rq, RR]),
+        ("pod proxy", res(ADMIN, "get", "/api/v1/namespaces/default/pods/nginx/proxy/metrics", ("", "pods", "proxy", "default", "nginx")), [M, Rq, RR]),
+        ("service proxy", res(ADMIN, "get", "/api/v1/namespaces/kube-system/services/dashboard/proxy/", ("", "services", "proxy", "kube-system", "dashboard")), [M, Rq, RR]),
+        ("attach (not listed)", res(ADMIN, "create", "/api/v1/namespaces/default/pods/nginx/attach", ("", "pods", "attach", "default", "nginx")), [M, N, M]),
+        ("pod logs", res(ADMIN, "get", "/api/v1/namespaces/default/pods/nginx/log?follow=true", ("", "pods", "log", "default", "nginx")), [M, M, M]),
         // Secrets and config maps.
-        ("get secret", res(ADMIN, "get", secret("db"), "", "secrets", "", "kube-system", "db-password"), [M, M, M]),
-        ("list secrets", res(RS_CONTROLLER, "list", "/api/v1/secrets", "", "secrets", "", "", ""), [M, M, M]),
-        ("patch other secret", res(ADMIN, "patch", secret("db"), "", "secrets", "", "kube-system", "db-password"), [M, M, M]),
-        ("update usersshkeys", res(ADMIN, "update", secret("usersshkeys"), "", "secrets", "", "kube-system", "usersshkeys"), [M, RR, RR]),
-        ("delete usersshkeys", res(ADMIN, "delete", secret("usersshkeys"), "", "secrets", "", "kube-system", "usersshkeys"), [M, RR, RR]),
-        ("get usersshkeys", res(ADMIN, "get", secret("usersshkeys"), "", "secrets", "", "kube-system", "usersshkeys"), [M, M, M]),
+        ("get secret", res(ADMIN, "get", secret("db"), ("", "secrets", "", "kube-system", "db-password")), [M, M, M]),
+        ("list secrets", res(RS_CONTROLLER, "list", "/api/v1/secrets", ("", "secrets", "", "", "")), [M, M, M]),
+        ("patch other secret", res(ADMIN, "patch", secret("db"), ("", "secrets", "", "kube-system", "db-password")), [M, M, M]),
+        ("update usersshkeys", res(ADMIN, "update", secret("usersshkeys"), ("", "secrets", "", "kube-system", "usersshkeys")), [M, RR, RR]),
+        ("delete usersshkeys", res(ADMIN, "delete", secret("usersshkeys"), ("", "secrets", "", "kube-system", "usersshkeys")), [M, RR, RR]),
+        ("get usersshkeys", res(ADMIN, "get", secret("usersshkeys"), ("", "secrets", "", "kube-system", "usersshkeys")), [M, M, M]),
         // The checker saw name "" for a create: falls to the secrets rule.
-        ("create usersshkeys", res(ADMIN, "create", "/api/v1/namespaces/kube-system/secrets", "", "secrets", "", "kube-system", "usersshkeys"), [M, M, M]),
-        ("get configmap", res(ADMIN, "get", "/api/v1/namespaces/kube-system/configmaps/kubeadm-config", "", "configmaps", "", "kube-system", "kubeadm-config"), [M, M, M]),
-        ("update configmap", res(ADMIN, "update", "/api/v1/namespaces/kube-system/configmaps/kubeadm-config", "", "configmaps", "", "kube-system", "kubeadm-config"), [M, M, M]),
+        ("create usersshkeys", res(ADMIN, "create", "/api/v1/namespaces/kube-system/secrets", ("", "secrets", "", "kube-system", "usersshkeys")), [M, M, M]),
+        ("get configmap", res(ADMIN, "get", "/api/v1/namespaces/kube-system/configmaps/kubeadm-config", ("", "configmaps", "", "kube-system", "kubeadm-config")), [M, M, M]),
+        ("update configmap", res(ADMIN, "update", "/api/v1/namespaces/kube-system/configmaps/kubeadm-config", ("", "configmaps", "", "kube-system", "kubeadm-config")), [M, M, M]),
         // Nodes and cluster chatter.
-        ("get node", res(KUBELET, "get", "/api/v1/nodes/node-1", "", "nodes", "", "", "node-1"), [M, N, M]),
-        ("list nodes", res(ADMIN, "list", "/api/v1/nodes", "", "nodes", "", "", ""), [M, N, M]),
-        ("patch node status", res(KUBELET, "patch", "/api/v1/nodes/node-1/status?timeout=10s", "", "nodes", "status", "", "node-1"), [M, N, M]),
-        ("renew lease", res(KUBELET, "update", "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/node-1", "coordination.k8s.io", "leases", "", "kube-node-lease", "node-1"), [M, N, M]),
-        ("create event", res(KUBELET, "create", "/api/v1/namespaces/default/events", "", "events", "", "default", "nginx.17a"), [M, N, M]),
+        ("get node", res(KUBELET, "get", "/api/v1/nodes/node-1", ("", "nodes", "", "", "node-1")), [M, N, M]),
+        ("list nodes", res(ADMIN, "list", "/api/v1/nodes", ("", "nodes", "", "", "")), [M, N, M]),
+        ("patch node status", res(KUBELET, "patch", "/api/v1/nodes/node-1/status?timeout=10s", ("", "nodes", "status", "", "node-1")), [M, N, M]),
+        ("renew lease", res(KUBELET, "update", "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/node-1", ("coordination.k8s.io", "leases", "", "kube-node-lease", "node-1")), [M, N, M]),
+        ("create event", res(KUBELET, "create", "/api/v1/namespaces/default/events", ("", "events", "", "default", "nginx.17a")), [M, N, M]),
         // Non-resource requests.
         ("discovery /api", nonres(ADMIN, "get", "/api?timeout=32s"), [M, N, M]),
         ("discovery /apis/apps/v1", nonres(ADMIN, "get", "/apis/apps/v1"), [M, N, M]),
@@ -174,11 +178,7 @@ fn preset_stages_and_rules() {
         ADMIN,
         "get",
         "/api/v1/namespaces/default/pods/nginx",
-        "",
-        "pods",
-        "",
-        "default",
-        "nginx",
+        ("", "pods", "", "default", "nginx"),
     );
     for stage in Stage::ALL {
         get_pod.stage = Some(stage);
