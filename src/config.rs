@@ -607,6 +607,10 @@ pub struct ReceiveSection {
     pub idle_timeout: Duration,
     /// How many recent chunk ids are remembered to drop resent duplicates.
     pub dedupe_window: usize,
+    /// Write the Forward metadata of an entry (fluent-bit's `[[time,
+    /// metadata], record]`) into its JSON line under this top-level key;
+    /// unset or empty: dropped.
+    pub metadata_key: Option<String>,
     /// Require the Forward handshake with this shared key.
     pub shared_key: Option<String>,
     /// With `shared_key`: also require one of these users.
@@ -639,6 +643,7 @@ impl Default for ReceiveSection {
             max_connections: 1024,
             idle_timeout: Duration::from_secs(600),
             dedupe_window: 4096,
+            metadata_key: None,
             shared_key: None,
             users: Vec::new(),
             self_hostname: None,

@@ -40,6 +40,7 @@ async fn receiver(
             max_connections: 16,
             idle_timeout: Duration::from_secs(60),
             dedupe_window: 4096,
+            metadata_key: None,
             output: Output::File(out.to_path_buf()),
             security: None,
             tls: None,

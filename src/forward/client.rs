@@ -23,6 +23,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+/// How long an orderly close may take (TLS close_notify, FIN).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     pub host: String,
@@ -437,10 +440,10 @@ impl Client {
         if resent > 0 {
             info!(server = %self.server_addr(), chunks = resent, "reconnected; resent unacknowledged chunks");
         }
-        loop {
+        let end = loop {
             if self.input_closed && self.queue.is_empty() {
                 let _ = wr.flush().await;
-                return Ok(());
+                break Ok(());
             }
             if self.shutting_down() {
                 if !self.input_closed {
@@ -460,7 +463,7 @@ impl Client {
                     });
                 }
                 if self.unacked() == 0 {
-                    return Ok(());
+                    break Ok(());
                 }
             }
             let in_flight = self
@@ -480,7 +483,7 @@ impl Client {
             let rotating = acked_here && rebalance_at.is_some_and(|t| Instant::now() >= t);
             if rotating && in_flight == 0 {
                 debug!(server = %self.server_addr(), "rebalancing to the next server");
-                return Ok(());
+                break Ok(());
             }
             let can_take = !rotating
                 && !self.input_closed
@@ -494,7 +497,8 @@ impl Client {
                         // A close with nothing in flight after progress is
                         // normal (keepalive false, idle timeouts): reconnect.
                         let waiting = self.queue.iter().any(|s| matches!(s.state, State::Sent(_)));
-                        return if acked_here && !waiting { Ok(()) } else { Err(SessionError::Closed) };
+                        if acked_here && !waiting { break Ok(()) }
+                        return Err(SessionError::Closed);
                     }
                     acked_here |= self.read_acks(&mut rbuf)?;
                     backoff.reset();
@@ -519,7 +523,11 @@ impl Client {
                 }
                 _ = tokio::time::sleep_until(rebalance_at.unwrap_or_else(Instant::now)), if rebalance_at.is_some() && !rotating => {}
             }
-        }
+        };
+        // An orderly end: say so (TLS close_notify, then FIN), so a peer
+        // such as fluent-bit 5.1 does not log an unexpected EOF.
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, wr.shutdown()).await;
+        end
     }
 
     async fn write<W: AsyncWriteExt + Unpin>(

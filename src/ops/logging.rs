@@ -2,20 +2,31 @@
 
 use std::time::{Duration, Instant};
 
-/// Lets a repeated message through at most once per `every`, counting what it
-/// held back so the next line can say how many were suppressed.
+/// Lets a repeated message through at most `burst` times per `every`,
+/// counting what it held back so the next line can say how many were
+/// suppressed.
 #[derive(Debug)]
 pub struct RateLimit {
     every: Duration,
-    last: Option<Instant>,
+    burst: u32,
+    /// Start of the current window and lines let through in it.
+    window: Option<Instant>,
+    passed: u32,
     suppressed: u64,
 }
 
 impl RateLimit {
     pub fn new(every: Duration) -> Self {
+        RateLimit::with_burst(1, every)
+    }
+
+    /// The first `burst` lines of each `every` in full, then a count.
+    pub fn with_burst(burst: u32, every: Duration) -> Self {
         RateLimit {
             every,
-            last: None,
+            burst: burst.max(1),
+            window: None,
+            passed: 0,
             suppressed: 0,
         }
     }
@@ -24,13 +35,18 @@ impl RateLimit {
     /// the last one), `None` when it should be held back.
     pub fn allow(&mut self) -> Option<u64> {
         let now = Instant::now();
-        match self.last {
+        match self.window {
             Some(t) if now.duration_since(t) < self.every => {
+                if self.passed < self.burst {
+                    self.passed += 1;
+                    return Some(std::mem::take(&mut self.suppressed));
+                }
                 self.suppressed += 1;
                 None
             }
             _ => {
-                self.last = Some(now);
+                self.window = Some(now);
+                self.passed = 1;
                 Some(std::mem::take(&mut self.suppressed))
             }
         }
@@ -78,7 +94,17 @@ mod tests {
         assert_eq!(r.allow(), Some(0));
         assert_eq!(r.allow(), None);
         assert_eq!(r.allow(), None);
-        r.last = Some(Instant::now() - Duration::from_secs(7200));
+        r.window = Some(Instant::now() - Duration::from_secs(7200));
         assert_eq!(r.allow(), Some(2));
+    }
+
+    #[test]
+    fn a_burst_passes_then_lines_are_counted() {
+        let mut r = RateLimit::with_burst(3, Duration::from_secs(3600));
+        assert_eq!(
+            (0..5).map(|_| r.allow()).collect::<Vec<_>>(),
+            [Some(0), Some(0), Some(0), None, None]
+        );
+        assert_eq!(r.suppressed, 2);
     }
 }

@@ -1,8 +1,12 @@
 //! Handshake messages: HELO, PING, PONG (spec §Handshake Messages). The
 //! server speaks first, and only when security (a shared key) is configured.
 //!
-//! String fields are read as bytes: fluent-bit sends its raw salt bytes in a
-//! msgpack str that is not valid UTF-8, and nonces may be longer than 16 bytes.
+//! Fields are read as bytes, from a msgpack str or bin: fluent-bit sends its
+//! raw salt bytes in a str that is not valid UTF-8, and nonces may be longer
+//! than 16 bytes. PING's fields are written as str holding the raw bytes,
+//! the way fluent-bit writes them: its in_forward (5.x) refuses a PING whose
+//! `shared_key_salt` is not a str (plugins/in_forward/fw_prot.c,
+//! `check_ping`). HELO's nonce and auth salt are written as bin (below).
 
 use crate::record::reader::{MsgReader, ReadError};
 use crate::record::write::write_str;
@@ -92,6 +96,10 @@ impl Helo {
         let mut o = vec![0x92];
         write_str(&mut o, b"HELO");
         o.push(0x83);
+        // bin, as fluentd sends them: fluent-bit's out_forward reads str or
+        // bin (plugins/out_forward/forward.c, `secure_forward_set_ping`),
+        // while @fluent-org/logger's client decodes a str nonce as UTF-8
+        // text, which changes raw bytes and fails the digest.
         write_str(&mut o, b"nonce");
         let _ = rmp::encode::write_bin(&mut o, &self.nonce);
         write_str(&mut o, b"auth");
@@ -129,7 +137,7 @@ impl Ping {
         let mut o = vec![0x96];
         write_str(&mut o, b"PING");
         write_str(&mut o, &self.hostname);
-        let _ = rmp::encode::write_bin(&mut o, &self.salt);
+        write_str(&mut o, &self.salt);
         write_str(&mut o, self.digest.as_bytes());
         write_str(&mut o, &self.username);
         write_str(&mut o, self.password_digest.as_bytes());
@@ -254,5 +262,81 @@ mod tests {
             Pong::decode(&m),
             Err(HandshakeError::Unexpected { .. })
         ));
+    }
+
+    /// fluent-bit 5.1.1's PING, byte for byte (plugins/out_forward/forward.c,
+    /// `secure_forward_ping`: every field a msgpack str, the 16-byte salt
+    /// raw), with the digests of its formulas; ours must be the same bytes,
+    /// the salt a str (`b0`), never a bin (`c4`).
+    #[test]
+    fn ping_is_byte_for_byte_fluent_bits_with_the_salt_as_str() {
+        let salt: Vec<u8> = (0x00..0x10).collect();
+        let nonce: Vec<u8> = (0x10..0x20).collect();
+        let auth: Vec<u8> = (0x20..0x30).collect();
+        let d = shared_key_digest(&salt, b"client", &nonce, b"secret");
+        assert_eq!(
+            d,
+            "f88dec6206a34d3b286e2586f28d518a62f48b005b4516abc6dd24d585d9e63c41155954d145d2982674102a1b3ee015cd2e9a2ed78b96b5fe3554a2a705b6e9"
+        );
+        let pw = password_digest(&auth, b"", b"");
+        let ping = Ping {
+            hostname: b"client".to_vec(),
+            salt: salt.clone(),
+            digest: d.clone(),
+            username: Vec::new(),
+            password_digest: pw.clone(),
+        }
+        .encode();
+        let mut want = vec![0x96, 0xa4, b'P', b'I', b'N', b'G', 0xa6];
+        want.extend_from_slice(b"client");
+        want.push(0xb0); // fixstr 16: the raw salt
+        want.extend_from_slice(&salt);
+        want.extend_from_slice(&[0xd9, 0x80]);
+        want.extend_from_slice(d.as_bytes());
+        want.push(0xa0);
+        want.extend_from_slice(&[0xd9, 0x80]);
+        want.extend_from_slice(pw.as_bytes());
+        assert_eq!(ping, want);
+        // The PONG fluent-bit's in_forward answers, and its digest.
+        let pong_digest = shared_key_digest(&salt, b"server", &nonce, b"secret");
+        assert!(pong_digest.starts_with("b9f2947109d90e955d51ed9d03e4738a"));
+        let mut pong = vec![0x95, 0xa4, b'P', b'O', b'N', b'G', 0xc3, 0xa0, 0xa6];
+        pong.extend_from_slice(b"server");
+        pong.extend_from_slice(&[0xd9, 0x80]);
+        pong.extend_from_slice(pong_digest.as_bytes());
+        let p = Pong::decode(&pong).unwrap();
+        assert!(p.ok && p.hostname == b"server" && p.digest == pong_digest);
+    }
+
+    /// fluent-bit 5.1.1's HELO (plugins/in_forward/fw_prot.c, `send_helo`):
+    /// nonce and auth as str of 16 raw bytes, no keepalive key, is read;
+    /// ours writes them as bin (fluentd's form, which every client reads),
+    /// and a bin nonce is read too.
+    #[test]
+    fn helo_fields_are_str_and_bin_is_read_too() {
+        let mut fb = vec![0x92, 0xa4, b'H', b'E', b'L', b'O', 0x82, 0xa5];
+        fb.extend_from_slice(b"nonce");
+        fb.push(0xb0);
+        fb.extend((0x10..0x20).collect::<Vec<u8>>());
+        fb.push(0xa4);
+        fb.extend_from_slice(b"auth");
+        fb.push(0xb0);
+        fb.extend((0x20..0x30).collect::<Vec<u8>>());
+        let h = Helo::decode(&fb).unwrap();
+        assert_eq!(h.nonce, (0x10..0x20).collect::<Vec<u8>>());
+        assert_eq!(h.auth, (0x20..0x30).collect::<Vec<u8>>());
+        assert!(h.keepalive, "no keepalive key: keep the connection");
+        let ours = Helo {
+            nonce: vec![0xff; 16],
+            auth: vec![7; 16],
+            keepalive: true,
+        }
+        .encode();
+        let nonce_at = ours.windows(6).position(|w| w == b"\xa5nonce").unwrap() + 6;
+        assert_eq!(ours[nonce_at..nonce_at + 2], [0xc4, 16], "nonce is a bin");
+        let mut bin = vec![0x92, 0xa4, b'H', b'E', b'L', b'O', 0x81, 0xa5];
+        bin.extend_from_slice(b"nonce");
+        bin.extend_from_slice(&[0xc4, 0x02, 0xaa, 0xbb]);
+        assert_eq!(Helo::decode(&bin).unwrap().nonce, vec![0xaa, 0xbb]);
     }
 }

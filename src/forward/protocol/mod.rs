@@ -17,12 +17,21 @@ pub struct Options<'a> {
     pub size: Option<u64>,
     /// `compressed`: `"gzip"` for CompressedPackedForward.
     pub compressed: Option<&'a [u8]>,
+    /// `metadata`: a record's metadata map (msgpack bytes), as fluent-bit
+    /// sends it in Message mode (plugins/out_forward/forward_format.c,
+    /// `append_options`); not in the spec.
+    pub metadata: Option<&'a [u8]>,
 }
 
 impl<'a> Options<'a> {
     /// Reads the option map; unknown keys are skipped (spec §Option: "other
     /// options MAY be ignored").
+    /// A nil option (sent by old Docker fluentd log drivers) is no option.
     pub fn read(r: &mut MsgReader<'a>) -> Result<Self, ReadError> {
+        if r.peek_marker()? == rmp::Marker::Null {
+            r.skip_value()?;
+            return Ok(Options::default());
+        }
         let n = r.read_map_len()?;
         let mut o = Options::default();
         for _ in 0..n {
@@ -31,6 +40,15 @@ impl<'a> Options<'a> {
                 b"chunk" => o.chunk = Some(r.read_str_bytes()?),
                 b"size" => o.size = Some(r.read_u64()?),
                 b"compressed" => o.compressed = Some(r.read_str_bytes()?),
+                b"metadata" => {
+                    let at = r.pos();
+                    r.skip_value()?;
+                    let raw = &r.buf()[at..r.pos()];
+                    // A map, else ignored like an unknown option.
+                    if MsgReader::new(raw).read_map_len().is_ok() {
+                        o.metadata = Some(raw);
+                    }
+                }
                 _ => r.skip_value()?,
             }
         }

@@ -59,6 +59,9 @@ pub struct Connection {
 /// only the pages written count in RSS.
 const KEEP_OUT_BYTES: usize = 4 << 20;
 
+/// How long an orderly close may take.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Connection {
     pub fn new(stream: Stream, peer: String, shared: Arc<Shared>) -> Self {
         Connection {
@@ -71,8 +74,18 @@ impl Connection {
         }
     }
 
-    /// Serves until the peer closes. A protocol error ends this connection only.
+    /// Serves until the peer closes. A protocol error ends this connection
+    /// only. Every close but a broken connection's is orderly: TLS
+    /// close_notify, then FIN (fluent-bit 5.1 logs an error without it).
     pub async fn run(mut self) -> Result<(), ConnError> {
+        let r = self.serve().await;
+        if !matches!(r, Err(ConnError::Io(_))) {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.stream.shutdown()).await;
+        }
+        r
+    }
+
+    async fn serve(&mut self) -> Result<(), ConnError> {
         if let Some(sec) = self.shared.cfg.security.clone() {
             let t = self
                 .shared
@@ -123,8 +136,11 @@ impl Connection {
         out.clear();
         out.reserve((e - s) * 2);
         let frame = &self.buf[s..e];
-        let Some(d) = message::decode(frame, self.shared.cfg.max_decompressed_bytes, &mut out)?
-        else {
+        let decoder = message::Decoder {
+            max_decompressed: self.shared.cfg.max_decompressed_bytes,
+            metadata_key: self.shared.cfg.metadata_key.as_deref(),
+        };
+        let Some(d) = decoder.decode(frame, &mut out)? else {
             self.out = out;
             return Ok(()); // heartbeat
         };

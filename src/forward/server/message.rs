@@ -1,4 +1,14 @@
 //! Decoding one Forward message into JSON lines (spec §Message Modes).
+//!
+//! Every entry shape senders use today is accepted: `[time, record]` (spec
+//! §Entry) and `[[time, metadata], record]`, the form fluent-bit 2.x+ uses
+//! for its log events and sends by default since 5.0.5
+//! (`Retain_Metadata_In_Forward_Mode`, plugins/out_forward/forward_format.c);
+//! time as an integer, a float, or EventTime (fixext8 or ext8). Metadata is
+//! dropped unless [`Decoder::metadata_key`] names the key to write it under
+//! (an empty map writes nothing); in Message mode fluent-bit sends it as the
+//! `metadata` option. Its group markers (EventTime seconds 0xFFFFFFFF and
+//! 0xFFFFFFFE, nanoseconds 0; src/flb_log_event_decoder.c) are skipped.
 
 use crate::forward::protocol::Options;
 use crate::record::json::{self, ToJsonError};
@@ -68,147 +78,265 @@ impl MessageError {
 pub struct Decoded<'a> {
     pub mode: Mode,
     pub tag: &'a [u8],
+    /// Records written (group markers are not records).
     pub events: u64,
     /// `chunk` option: the client wants an ack (spec §Option).
     pub chunk: Option<&'a [u8]>,
 }
 
+/// How records are turned into JSON lines.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Decoder<'k> {
+    /// gzip output cap (`receive.max_decompressed_bytes`).
+    pub max_decompressed: usize,
+    /// Write an entry's non-empty metadata under this top-level key
+    /// (`receive.metadata_key`); `None`: drop it.
+    pub metadata_key: Option<&'k str>,
+}
+
 /// Decodes `frame` (one complete msgpack value), appending one JSON line per
-/// record to `out`. `Ok(None)` for a heartbeat (nil).
+/// record to `out` (metadata dropped). `Ok(None)` for a heartbeat (nil).
 pub fn decode<'a>(
     frame: &'a [u8],
     max_decompressed: usize,
     out: &mut Vec<u8>,
 ) -> Result<Option<Decoded<'a>>, MessageError> {
-    let mut r = MsgReader::new(frame);
-    if r.peek_marker()? == Marker::Null {
-        return Ok(None);
+    Decoder {
+        max_decompressed,
+        metadata_key: None,
     }
-    let n = match r.read_head()? {
-        (_, Head::Array(n)) => n,
-        _ => return Err(MessageError::Shape("top level is not an array")),
-    };
-    if !(2..=4).contains(&n) {
-        return Err(MessageError::Shape("array must have 2 to 4 elements"));
-    }
-    let tag = r
-        .read_str_bytes()
-        .map_err(|_| MessageError::Shape("tag is not a string"))?;
-    let start = out.len();
-    let second = r.peek_marker()?;
-    let (mode, events, opts) = match second {
-        Marker::FixArray(_) | Marker::Array16 | Marker::Array32 => {
-            // Forward mode: [tag, [[time, record], ...], option?]
-            let k = r.read_array_len()?;
-            for _ in 0..k {
-                entry(&mut r, out)?;
-            }
-            let opts = if n >= 3 {
-                Options::read(&mut r)?
-            } else {
-                Options::default()
-            };
-            (Mode::Forward, k as u64, opts)
+    .decode(frame, out)
+}
+
+impl Decoder<'_> {
+    /// [`decode`] with these settings. On an error `out` holds no line of
+    /// this frame: a message is written whole or not at all.
+    pub fn decode<'a>(
+        &self,
+        frame: &'a [u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Option<Decoded<'a>>, MessageError> {
+        let start = out.len();
+        let r = self.decode_into(frame, out);
+        if r.is_err() {
+            out.truncate(start);
         }
-        Marker::FixStr(_)
-        | Marker::Str8
-        | Marker::Str16
-        | Marker::Str32
-        | Marker::Bin8
-        | Marker::Bin16
-        | Marker::Bin32 => {
-            // (Compressed)PackedForward: [tag, entries-stream, option?]
-            let entries = r.read_str_bytes()?;
-            let opts = if n >= 3 {
-                Options::read(&mut r)?
-            } else {
-                Options::default()
-            };
-            let (mode, count) = match opts.compressed {
-                None => (Mode::PackedForward, stream(entries, out)?),
-                Some(b"gzip") => {
-                    // Multi-member gzip allowed (spec §CompressedPackedForward).
-                    let mut plain = Vec::with_capacity((entries.len() * 4).min(max_decompressed));
-                    flate2::read::MultiGzDecoder::new(entries)
-                        .take(max_decompressed as u64 + 1)
-                        .read_to_end(&mut plain)
-                        .map_err(MessageError::Gzip)?;
-                    if plain.len() > max_decompressed {
-                        out.truncate(start);
-                        return Err(MessageError::GzipTooLarge(max_decompressed));
+        r
+    }
+
+    fn decode_into<'a>(
+        &self,
+        frame: &'a [u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Option<Decoded<'a>>, MessageError> {
+        let mut r = MsgReader::new(frame);
+        if r.peek_marker()? == Marker::Null {
+            return Ok(None);
+        }
+        let n = match r.read_head()? {
+            (_, Head::Array(n)) => n,
+            _ => return Err(MessageError::Shape("top level is not an array")),
+        };
+        if !(2..=4).contains(&n) {
+            return Err(MessageError::Shape("array must have 2 to 4 elements"));
+        }
+        let tag = r
+            .read_str_bytes()
+            .map_err(|_| MessageError::Shape("tag is not a string"))?;
+        let (mode, events, opts) = match r.peek_marker()? {
+            Marker::FixArray(_) | Marker::Array16 | Marker::Array32 => {
+                // Forward mode: [tag, [entry, ...], option?]
+                let k = r.read_array_len()?;
+                let mut events = 0;
+                for _ in 0..k {
+                    events += self.entry(&mut r, out)?;
+                }
+                let opts = if n >= 3 {
+                    Options::read(&mut r)?
+                } else {
+                    Options::default()
+                };
+                (Mode::Forward, events, opts)
+            }
+            Marker::FixStr(_)
+            | Marker::Str8
+            | Marker::Str16
+            | Marker::Str32
+            | Marker::Bin8
+            | Marker::Bin16
+            | Marker::Bin32 => {
+                // (Compressed)PackedForward: [tag, entries-stream, option?]
+                let entries = r.read_str_bytes()?;
+                let opts = if n >= 3 {
+                    Options::read(&mut r)?
+                } else {
+                    Options::default()
+                };
+                match opts.compressed {
+                    None => (Mode::PackedForward, self.stream(entries, out)?, opts),
+                    Some(b"gzip") => {
+                        let plain = self.gunzip(entries)?;
+                        (
+                            Mode::CompressedPackedForward,
+                            self.stream(&plain, out)?,
+                            opts,
+                        )
                     }
-                    (Mode::CompressedPackedForward, stream(&plain, out)?)
+                    Some(other) => {
+                        return Err(MessageError::Compression(
+                            String::from_utf8_lossy(other).into_owned(),
+                        ));
+                    }
                 }
-                Some(other) => {
-                    return Err(MessageError::Compression(
-                        String::from_utf8_lossy(other).into_owned(),
-                    ));
-                }
-            };
-            (mode, count, opts)
-        }
-        _ => {
-            // Message mode: [tag, time, record, option?]
-            if n < 3 {
-                return Err(MessageError::Shape("message mode needs time and record"));
             }
-            time(&mut r)?;
-            json::write_value(&mut r, out)?;
-            out.push(b'\n');
-            let opts = if n >= 4 {
-                Options::read(&mut r)?
-            } else {
-                Options::default()
-            };
-            (Mode::Message, 1, opts)
+            _ => {
+                // Message mode: [tag, time, record, option?]; fluent-bit
+                // sends the metadata as the `metadata` option.
+                if n < 3 {
+                    return Err(MessageError::Shape("message mode needs time and record"));
+                }
+                time(&mut r)?;
+                let rec_at = r.pos();
+                r.skip_value()?;
+                let rec = &frame[rec_at..r.pos()];
+                let opts = if n >= 4 {
+                    Options::read(&mut r)?
+                } else {
+                    Options::default()
+                };
+                self.record(rec, opts.metadata, out)?;
+                (Mode::Message, 1, opts)
+            }
+        };
+        Ok(Some(Decoded {
+            mode,
+            tag,
+            events,
+            chunk: opts.chunk,
+        }))
+    }
+
+    /// Multi-member gzip (spec §CompressedPackedForward), capped.
+    fn gunzip(&self, entries: &[u8]) -> Result<Vec<u8>, MessageError> {
+        let cap = self.max_decompressed;
+        let mut plain = Vec::with_capacity((entries.len() * 4).min(cap));
+        flate2::read::MultiGzDecoder::new(entries)
+            .take(cap as u64 + 1)
+            .read_to_end(&mut plain)
+            .map_err(MessageError::Gzip)?;
+        if plain.len() > cap {
+            return Err(MessageError::GzipTooLarge(cap));
         }
-    };
-    Ok(Some(Decoded {
-        mode,
-        tag,
-        events,
-        chunk: opts.chunk,
-    }))
+        Ok(plain)
+    }
+
+    /// A MessagePackEventStream: entries back to back.
+    fn stream(&self, bytes: &[u8], out: &mut Vec<u8>) -> Result<u64, MessageError> {
+        let mut r = MsgReader::new(bytes);
+        let mut n = 0;
+        while !r.is_empty() {
+            n += self.entry(&mut r, out)?;
+        }
+        Ok(n)
+    }
+
+    /// One entry, `[time, record]` (spec §Entry) or `[[time, metadata],
+    /// record]`; returns the records written (0 for a group marker).
+    fn entry(&self, r: &mut MsgReader<'_>, out: &mut Vec<u8>) -> Result<u64, MessageError> {
+        if r.read_array_len()? != 2 {
+            return Err(MessageError::Shape(
+                "entry is not [time, record] or [[time, metadata], record]",
+            ));
+        }
+        let bytes = r.buf();
+        let mut meta = None;
+        let t = match r.peek_marker()? {
+            Marker::FixArray(_) | Marker::Array16 | Marker::Array32 => {
+                if r.read_array_len()? != 2 {
+                    return Err(MessageError::Shape("entry header is not [time, metadata]"));
+                }
+                let t = time(r)?;
+                let at = r.pos();
+                if !matches!(
+                    r.peek_marker()?,
+                    Marker::FixMap(_) | Marker::Map16 | Marker::Map32
+                ) {
+                    return Err(MessageError::Shape("entry metadata is not a map"));
+                }
+                r.skip_value()?;
+                meta = Some(&bytes[at..r.pos()]);
+                t
+            }
+            _ => time(r)?,
+        };
+        let at = r.pos();
+        r.skip_value()?;
+        if meta.is_some() && t.is_some_and(|(s, ns)| s >= GROUP_END && ns == 0) {
+            return Ok(0);
+        }
+        self.record(&bytes[at..r.pos()], meta, out)?;
+        Ok(1)
+    }
+
+    /// One record as a JSON line, with its metadata under the configured
+    /// key when there is any.
+    fn record(
+        &self,
+        rec: &[u8],
+        meta: Option<&[u8]>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), MessageError> {
+        let start = out.len();
+        json::write_value(&mut MsgReader::new(rec), out)?;
+        if let (Some(key), Some(meta)) = (self.metadata_key, meta)
+            && !is_empty_map(meta)
+            && out.len() >= start + 2
+            && out[start] == b'{'
+            && out.last() == Some(&b'}')
+        {
+            out.pop();
+            if out.len() > start + 1 {
+                out.push(b',');
+            }
+            json::write_str(out, key.as_bytes());
+            out.push(b':');
+            json::write_value(&mut MsgReader::new(meta), out)?;
+            out.push(b'}');
+        }
+        out.push(b'\n');
+        Ok(())
+    }
 }
 
-/// A MessagePackEventStream: entries back to back.
-fn stream(bytes: &[u8], out: &mut Vec<u8>) -> Result<u64, MessageError> {
-    let mut r = MsgReader::new(bytes);
-    let mut n = 0;
-    while !r.is_empty() {
-        entry(&mut r, out)?;
-        n += 1;
-    }
-    Ok(n)
-}
+/// fluent-bit's group markers: EventTime seconds of a group's end
+/// (0xFFFFFFFE) and start (0xFFFFFFFF), nanoseconds 0.
+const GROUP_END: u32 = 0xFFFF_FFFE;
 
-/// One `[time, record]` entry (spec §Entry).
-fn entry(r: &mut MsgReader<'_>, out: &mut Vec<u8>) -> Result<(), MessageError> {
-    if r.read_array_len()? != 2 {
-        return Err(MessageError::Shape("entry is not [time, record]"));
-    }
-    time(r)?;
-    json::write_value(r, out)?;
-    out.push(b'\n');
-    Ok(())
+/// Whether `map` (a msgpack map) has no entries (`80`, or fluent-bit's
+/// `df 00 00 00 00`).
+fn is_empty_map(map: &[u8]) -> bool {
+    MsgReader::new(map).read_map_len() == Ok(0)
 }
 
 /// EventTime ext (fixext8 or ext8 of length 8) or integer seconds (spec
-/// §EventTime Ext Format); a float is tolerated.
-fn time(r: &mut MsgReader<'_>) -> Result<(), MessageError> {
+/// §EventTime Ext Format); a float is tolerated. An EventTime's (seconds,
+/// nanoseconds), else `None`.
+fn time(r: &mut MsgReader<'_>) -> Result<Option<(u32, u32)>, MessageError> {
     match r.read_head()? {
         (_, Head::Ext(t, 8)) if t == EVENT_TIME_EXT => {
-            r.read_bytes(8)?;
-            Ok(())
+            let b = r.read_bytes(8)?;
+            let s = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+            let ns = u32::from_be_bytes([b[4], b[5], b[6], b[7]]);
+            Ok(Some((s, ns)))
         }
         (_, Head::Ext(..)) => Err(MessageError::Time("ext time must be type 0 with 8 bytes")),
         (Marker::F32 | Marker::F64, Head::Scalar(n)) => {
             r.read_bytes(n)?;
-            Ok(())
+            Ok(None)
         }
         (m, Head::Scalar(n)) if !matches!(m, Marker::Null | Marker::True | Marker::False) => {
             r.read_bytes(n)?;
-            Ok(())
+            Ok(None)
         }
         _ => Err(MessageError::Time("not an integer or EventTime")),
     }
@@ -368,5 +496,110 @@ mod tests {
         f.push(0xc3);
         f.push(0x80);
         assert_eq!(decode(&f, 10, &mut out).unwrap_err().reason(), "bad_time");
+    }
+
+    /// One generated entry: its time form, whether it carries metadata
+    /// (and which), and its record value.
+    #[derive(Debug, Clone)]
+    struct Gen {
+        time: u8,
+        meta: Option<u8>,
+        v: u8,
+    }
+
+    fn gen_entry() -> impl proptest::strategy::Strategy<Value = Gen> {
+        use proptest::prelude::*;
+        (0u8..5, proptest::option::of(0u8..3), 0u8..100).prop_map(|(time, meta, v)| Gen {
+            time,
+            meta,
+            v,
+        })
+    }
+
+    /// The entry's bytes and the JSON line expected with metadata key `_m`.
+    fn build(g: &Gen) -> (Vec<u8>, String) {
+        let mut t = Vec::new();
+        match g.time {
+            0 => t.extend_from_slice(&[0xd7, 0, 0x65, 0x53, 0xf1, 0, 0, 0, 0, 7]),
+            1 => t.extend_from_slice(&[0xc7, 8, 0, 0x65, 0x53, 0xf1, 0, 0, 0, 0, 7]),
+            2 => t.extend_from_slice(&[0xce, 0x65, 0x53, 0xf1, 0]),
+            3 => t.extend_from_slice(&[0xcb, 0x41, 0xd9, 0x54, 0xfc, 0x40, 0x07, 0xe6, 0xb7]),
+            _ => t.push(0x05),
+        }
+        let mut e = vec![0x92];
+        let mut line = format!("{{\"k\":{}", g.v);
+        match g.meta {
+            None => e.extend_from_slice(&t),
+            Some(m) => {
+                e.push(0x92);
+                e.extend_from_slice(&t);
+                match m {
+                    0 => e.push(0x80),
+                    1 => e.extend_from_slice(&[0xdf, 0, 0, 0, 0]),
+                    _ => {
+                        e.extend_from_slice(&[0xdf, 0, 0, 0, 1, 0xa1, b'x', 0xcc, g.v]);
+                        line.push_str(&format!(",\"_m\":{{\"x\":{}}}", g.v));
+                    }
+                }
+            }
+        }
+        e.extend_from_slice(&[0x81, 0xa1, b'k', 0xcc, g.v]);
+        line.push_str("}\n");
+        (e, line)
+    }
+
+    proptest::proptest! {
+        /// Every entry shape in every mode decodes to its line, whatever
+        /// mix of shapes a message holds; and the frame measurer finds the
+        /// message incomplete at every split point before its end.
+        #[test]
+        fn every_entry_shape_decodes_in_every_mode(
+            entries in proptest::collection::vec(gen_entry(), 1..6),
+            mode in 0u8..4,
+            split in proptest::collection::vec(proptest::prelude::any::<proptest::sample::Index>(), 0..4),
+        ) {
+            let (bytes, lines): (Vec<Vec<u8>>, Vec<String>) = entries.iter().map(build).unzip();
+            let stream = bytes.concat();
+            let mut f = vec![0x93, 0xa1, b't'];
+            match mode {
+                0 => {
+                    f.push(0x90 | entries.len() as u8);
+                    f.extend_from_slice(&stream);
+                }
+                1 => {
+                    let _ = rmp::encode::write_bin(&mut f, &stream);
+                }
+                2 => write_str(&mut f, &stream),
+                _ => {
+                    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                    gz.write_all(&stream).unwrap();
+                    let _ = rmp::encode::write_bin(&mut f, &gz.finish().unwrap());
+                }
+            }
+            opts(&mut f, b"id", mode == 3);
+            for ix in &split {
+                let at = ix.index(f.len());
+                proptest::prop_assert!(matches!(
+                    crate::forward::protocol::frame::measure(&f[..at], 1 << 20),
+                    Ok(crate::forward::protocol::frame::Frame::Incomplete(_))
+                ));
+            }
+            proptest::prop_assert_eq!(
+                crate::forward::protocol::frame::measure(&f, 1 << 20).unwrap(),
+                crate::forward::protocol::frame::Frame::Complete(f.len())
+            );
+            let mut out = Vec::new();
+            let d = Decoder { max_decompressed: 1 << 20, metadata_key: Some("_m") }
+                .decode(&f, &mut out)
+                .unwrap()
+                .unwrap();
+            proptest::prop_assert_eq!(d.events, entries.len() as u64);
+            proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), lines.concat());
+            // Without the key, the metadata is dropped.
+            let mut plain = Vec::new();
+            decode(&f, 1 << 20, &mut plain).unwrap();
+            let want: String = entries.iter().map(|g| format!("{{\"k\":{}}}\n", g.v)).collect();
+            proptest::prop_assert_eq!(String::from_utf8(plain).unwrap(), want);
+        }
     }
 }

@@ -7,6 +7,7 @@ pub mod dedupe;
 pub mod message;
 pub mod writer;
 
+use crate::ops::logging::RateLimit;
 use crate::ops::metrics::ReceiverMetrics;
 use crate::transport::listen::{self, Listener, Observer, WhenFull};
 use crate::transport::tls::ReloadingAcceptor;
@@ -26,6 +27,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     pub idle_timeout: Duration,
     pub dedupe_window: usize,
+    /// Write each entry's Forward metadata under this key (`None`: drop).
+    pub metadata_key: Option<String>,
     pub output: Output,
     /// Require the handshake (spec §Handshake Messages).
     pub security: Option<crate::forward::auth::ServerSecurity>,
@@ -39,6 +42,8 @@ pub struct Shared {
     pub writer: Writer,
     pub dedupe: Mutex<Dedupe>,
     pub m: ReceiverMetrics,
+    /// Per-connection errors: the first few of each 10 s in full, then a count.
+    pub warn: Mutex<RateLimit>,
 }
 
 /// A bound receiver, ready to serve.
@@ -83,6 +88,7 @@ impl Server {
         };
         let shared = Arc::new(Shared {
             dedupe: Mutex::new(Dedupe::new(cfg.dedupe_window)),
+            warn: Mutex::new(RateLimit::with_burst(10, Duration::from_secs(10))),
             cfg,
             writer,
             m,
@@ -105,8 +111,13 @@ impl Server {
                         .run()
                         .await;
                     if let Err(e) = r {
+                        // Nothing of the failed message was written or
+                        // acknowledged: the sender keeps it and retries.
                         shared.m.rejected(e.reason());
-                        warn!(%peer, error = %e, "connection closed");
+                        let allowed = shared.warn.lock().ok().and_then(|mut w| w.allow());
+                        if let Some(suppressed) = allowed {
+                            warn!(%peer, error = %e, reason = e.reason(), suppressed, "connection closed");
+                        }
                     }
                 }
             })
