@@ -211,8 +211,12 @@ pub struct TailSection {
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
     pub read_buffer_bytes: usize,
-    /// First start without a checkpoint: `beginning` or `end` of the live file.
+    /// First start without a checkpoint: `oldest` rotated sibling (every
+    /// file on disk), `beginning` or `end` of the live file.
     pub start_at: StartAt,
+    /// Bound on the bytes of deleted files held open until read; past it
+    /// the oldest is released and reported as a DATA GAP.
+    pub max_held_bytes: u64,
 }
 
 impl Default for TailSection {
@@ -224,7 +228,8 @@ impl Default for TailSection {
             on_invalid: OnInvalid::ForwardRaw,
             poll_interval: Duration::from_millis(250),
             read_buffer_bytes: 256 << 10,
-            start_at: StartAt::Beginning,
+            start_at: StartAt::Oldest,
+            max_held_bytes: 2 << 30,
         }
     }
 }

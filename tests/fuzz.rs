@@ -328,6 +328,7 @@ fn run_tail(content: &[u8], read_buffer: usize, max_line: usize) -> Collect {
             poll_interval: std::time::Duration::from_millis(5),
             start_at: StartAt::Beginning,
             oneshot: true,
+            max_held_bytes: 1 << 30,
         },
         OutputMetrics::default(),
         Arc::new(AtomicBool::new(false)),

@@ -44,6 +44,9 @@ struct Families {
     rotations: Counters,
     truncations: Counters,
     gaps: Counters,
+    gap_bytes: Counters,
+    held_files: Gauges,
+    held_bytes: Gauges,
     read_errors: Counters,
     connected: Gauges,
     tail_running: Gauges,
@@ -88,6 +91,12 @@ pub struct OutputMetrics {
     pub rotations: Counter,
     pub truncations: Counter,
     pub gaps: Counter,
+    /// Unread bytes of the files counted in `gaps` (where known).
+    pub gap_bytes: Counter,
+    /// Rotated files held open until read, and the bytes of those already
+    /// deleted from disk (what holding costs).
+    pub held_files: Gauge,
+    pub held_bytes: Gauge,
     pub read_errors: Counter,
     /// 1 while a connection to the destination is up (local outputs: always).
     pub connected: Gauge,
@@ -299,7 +308,10 @@ impl Metrics {
             "checkpoint_failures", "Checkpoint writes that failed", checkpoint_failures;
             "rotations", "Log rotations followed", rotations;
             "truncations", "Files found truncated (copytruncate)", truncations;
-            "gaps", "Checkpointed files that vanished before they were fully read", gaps;
+            "gaps", "Files that vanished, or were released, before they were fully read (each also logged as DATA GAP)", gaps;
+            "gap_bytes", "Unread bytes of the files counted in gaps, where known", gap_bytes;
+            "held_files", "Rotated files held open until they are read", held_files;
+            "held_bytes", "Bytes of held files already deleted from disk (bounded by tail.max_held_bytes)", held_bytes;
             "read_errors", "Errors reading the audit log", read_errors;
             "connected", "1 while the output's destination is connected", connected;
             "tail_running", "1 while the output's tail reader runs", tail_running;
@@ -350,6 +362,9 @@ impl Metrics {
             rotations: c(&f.rotations),
             truncations: c(&f.truncations),
             gaps: c(&f.gaps),
+            gap_bytes: c(&f.gap_bytes),
+            held_files: g(&f.held_files),
+            held_bytes: g(&f.held_bytes),
             read_errors: c(&f.read_errors),
             connected: g(&f.connected),
             tail_running: g(&f.tail_running),

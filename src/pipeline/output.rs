@@ -92,6 +92,7 @@ impl OutputPlan<'_> {
                 poll_interval: cfg.tail.poll_interval,
                 start_at: self.src.start_at,
                 oneshot: self.oneshot,
+                max_held_bytes: cfg.tail.max_held_bytes,
             },
             m.clone(),
             stop,

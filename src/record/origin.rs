@@ -5,6 +5,7 @@
 
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// How many leading bytes of a file identify it across renames and gzip.
@@ -22,6 +23,9 @@ pub struct FileInfo {
     pub gz: bool,
     /// The first bytes read, up to [`FINGERPRINT_BYTES`].
     head: Mutex<Vec<u8>>,
+    /// Its length once it was rotated and read to the end (`u64::MAX`:
+    /// still growing, or not read to the end).
+    final_len: AtomicU64,
 }
 
 impl FileInfo {
@@ -32,7 +36,18 @@ impl FileInfo {
             ino,
             gz,
             head: Mutex::new(Vec::new()),
+            final_len: AtomicU64::new(u64::MAX),
         }
+    }
+
+    /// The file was rotated and read to its end, which is `len`.
+    pub fn set_final_len(&self, len: u64) {
+        self.final_len.store(len, Ordering::Relaxed);
+    }
+
+    /// Its final length, once rotated and read to the end.
+    pub fn final_len(&self) -> Option<u64> {
+        Some(self.final_len.load(Ordering::Relaxed)).filter(|&l| l != u64::MAX)
     }
 
     /// Records bytes read at `offset` that fall within the fingerprint window.
@@ -40,11 +55,13 @@ impl FileInfo {
         if offset as usize >= FINGERPRINT_BYTES {
             return;
         }
+        // Bytes that continue what is known (they may overlap it).
         if let Ok(mut h) = self.head.lock()
-            && h.len() as u64 == offset
+            && offset <= h.len() as u64
+            && let Some(new) = data.get(h.len() - offset as usize..)
         {
-            let take = (FINGERPRINT_BYTES - h.len()).min(data.len());
-            h.extend_from_slice(&data[..take]);
+            let take = (FINGERPRINT_BYTES - h.len()).min(new.len());
+            h.extend_from_slice(&new[..take]);
         }
     }
 

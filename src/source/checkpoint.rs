@@ -35,6 +35,10 @@ pub struct Checkpoint {
     pub saved_at_ms: u64,
     pub file: FileRecord,
     pub offset: u64,
+    /// The file had been rotated and `offset` is its end: nothing in it is
+    /// unread, so its later deletion is no gap.
+    #[serde(default)]
+    pub complete: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +80,7 @@ impl Checkpoint {
                 fingerprint_len,
             },
             offset: p.offset,
+            complete: p.file.final_len() == Some(p.offset),
         }
     }
 

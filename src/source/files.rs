@@ -137,6 +137,11 @@ fn list_once(live: &Path) -> Vec<Candidate> {
     out
 }
 
+/// The file at `path` as a candidate, if it is a regular file.
+pub fn candidate_at(path: &Path, gz: bool, live: bool) -> Option<Candidate> {
+    candidate(path, gz, live)
+}
+
 fn candidate(path: &Path, gz: bool, live: bool) -> Option<Candidate> {
     let m = std::fs::metadata(path).ok()?;
     if !m.is_file() {

@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod files;
+pub mod holder;
 pub mod spool;
 pub mod tail;
 pub mod webhook;

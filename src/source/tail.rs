@@ -4,21 +4,21 @@
 
 use super::checkpoint::{self, Checkpoint, Resume};
 use super::files::{self, Candidate};
+use super::holder::{self, Holder};
 use super::{LineSink, Skip, Stopped};
 use crate::ops::logging::RateLimit;
 use crate::ops::metrics::OutputMetrics;
-use crate::record::origin::{FINGERPRINT_BYTES, FileInfo, fingerprint_of};
+use crate::record::origin::{FINGERPRINT_BYTES, FileInfo};
 use notify::Watcher;
-use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
-use std::time::{Duration, SystemTime};
-use tracing::{debug, error, info, warn};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tracing::{debug, info, warn};
 
 /// Where a first start (no checkpoint) begins in the live file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -41,6 +41,8 @@ pub struct TailConfig {
     pub start_at: StartAt,
     /// Stop at the end of the current file set instead of following it.
     pub oneshot: bool,
+    /// Bound on the bytes of deleted files held open until read.
+    pub max_held_bytes: u64,
 }
 
 /// How the tail ended.
@@ -93,27 +95,6 @@ struct Open {
     read_off: u64,
     /// Still the file at the configured path (may grow).
     live: bool,
-    mtime: SystemTime,
-}
-
-/// A file read to its end, remembered so it is never read twice.
-#[derive(Debug, Clone)]
-struct Done {
-    dev: u64,
-    ino: u64,
-    gz: bool,
-    mtime: SystemTime,
-    head_fp: String,
-    head_len: usize,
-}
-
-impl Done {
-    fn is(&self, c: &Candidate) -> bool {
-        if self.head_len == 0 {
-            return c.dev == self.dev && c.ino == self.ino && c.gz == self.gz && c.len == 0;
-        }
-        c.head_fingerprint(self.head_len).as_deref() == Some(self.head_fp.as_str())
-    }
 }
 
 /// The tail reader. Runs on its own thread; blocks in the sink when the
@@ -126,13 +107,9 @@ pub struct Tail {
     wake_tx: SyncSender<()>,
     _watcher: Option<notify::RecommendedWatcher>,
     cur: Option<Open>,
-    last_done: Option<Done>,
-    finished: VecDeque<Done>,
-    /// Rotated files newer than the one being read, opened as soon as they
-    /// are seen so that a writer deleting old files (`--audit-log-maxbackup`)
-    /// cannot take them away while this reader is behind (ARCHITECTURE.md
-    /// invariant 4). In rotation order.
-    holder: Arc<std::sync::Mutex<Holder>>,
+    /// The files after the one being read, held open as soon as they are
+    /// seen ([`holder`]; ARCHITECTURE.md invariant 4).
+    holder: Arc<Mutex<Holder>>,
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -157,8 +134,14 @@ const KEEP_GROWN_MAX: usize = 8;
 impl Tail {
     pub fn new(cfg: TailConfig, m: OutputMetrics, stop: Arc<AtomicBool>) -> Self {
         let (wake_tx, wake_rx) = std::sync::mpsc::sync_channel(1);
-        let watcher = watch(&cfg.path, wake_tx.clone());
-        let holder = Holder::start(cfg.path.clone(), cfg.poll_interval, stop.clone());
+        let (hold_tx, hold_rx) = std::sync::mpsc::sync_channel(1);
+        let watcher = watch(&cfg.path, vec![wake_tx.clone(), hold_tx]);
+        let holder = Arc::new(Mutex::new(Holder::new(
+            cfg.path.clone(),
+            cfg.max_held_bytes,
+            m.clone(),
+        )));
+        Holder::spawn(&holder, cfg.poll_interval, hold_rx, stop.clone());
         let size = cfg.read_buffer.max(4096);
         Tail {
             cfg,
@@ -168,8 +151,6 @@ impl Tail {
             wake_tx,
             _watcher: watcher,
             cur: None,
-            last_done: None,
-            finished: VecDeque::new(),
             holder,
             buf: vec![0; size],
             start: 0,
@@ -216,13 +197,20 @@ impl Tail {
                     sink.start(&c.info, c.read_off)?;
                 }
             }
-            if self.cur.is_none() && !self.open_next() {
-                if self.cfg.oneshot {
-                    return Ok(TailEnd::Caught);
+            if self.cur.is_none() {
+                if !self.open_next() {
+                    if self.cfg.oneshot {
+                        return Ok(TailEnd::Caught);
+                    }
+                    sink.idle()?;
+                    self.wait();
+                    continue;
                 }
-                sink.idle()?;
-                self.wait();
-                continue;
+                // The new file's start is a position to checkpoint once
+                // everything before it is acknowledged.
+                if let Some(c) = &self.cur {
+                    sink.start(&c.info, c.read_off)?;
+                }
             }
             match self.read_block() {
                 Ok(0) => {
@@ -231,6 +219,23 @@ impl Tail {
                     }
                 }
                 Ok(_) => self.split_lines(sink)?,
+                Err(e) if self.cur.as_ref().is_some_and(|c| c.info.gz) && corrupt(&e) => {
+                    // A listed `.gz` is complete (its plain origin is gone):
+                    // this one is damaged. What it still held is lost.
+                    self.m.read_errors.inc();
+                    if let Some(c) = &self.cur {
+                        holder::report_gap(
+                            &self.m,
+                            &c.info.path,
+                            0,
+                            &format!(
+                                "compressed file is corrupt after {} bytes ({e})",
+                                c.read_off
+                            ),
+                        );
+                    }
+                    self.finish_file(sink)?;
+                }
                 Err(e) => {
                     self.m.read_errors.inc();
                     if let Some(n) = self.warn_read.allow() {
@@ -269,12 +274,21 @@ impl Tail {
                     self.open(&candidate, 0)
                 }
                 Resume::Gap { next } => {
-                    self.m.gaps.inc();
-                    error!(
-                        path = %cp.file.path.display(), offset = cp.offset,
-                        "DATA GAP: the checkpointed file no longer exists (rotated away and deleted while \
-                         the forwarder was down); events after this offset in it were not forwarded"
-                    );
+                    if cp.complete {
+                        info!(path = %cp.file.path.display(), offset = cp.offset,
+                            "the checkpointed file was read to its end before it was deleted; continuing with the files after it");
+                    } else {
+                        holder::report_gap(
+                            &self.m,
+                            &cp.file.path,
+                            0,
+                            &format!(
+                                "the checkpointed file no longer exists (rotated away and deleted while the \
+                             forwarder was down); what it held after offset {} (size unknown) is lost",
+                                cp.offset
+                            ),
+                        );
+                    }
                     match next {
                         Some(c) => self.open(&c, 0),
                         None => true,
@@ -295,68 +309,39 @@ impl Tail {
         }
     }
 
-    /// Opens the file that follows the last finished one (or the live file).
+    /// Opens the file that follows the one read last: the next held file
+    /// (after a fresh look at the directory). Before anything was opened
+    /// (no file existed when reading began), every file there now was
+    /// written since: the oldest.
     fn open_next(&mut self) -> bool {
-        loop {
-            // Taken and marked as being read in one step, so the holder never
-            // sees a stale "reading" and holds this file again.
-            let Some((c, f)) = self.holder.lock().ok().and_then(|mut h| {
-                let x = h.held.pop_front()?;
-                h.reading = Some((x.0.dev, x.0.ino, x.0.gz));
-                Some(x)
-            }) else {
-                break;
-            };
-            // A held file is known by its descriptor (its path may be gone):
-            // identity plus its first bytes (inode numbers are reused after
-            // deletion), or a fingerprint match for renamed copies.
-            let done = self.finished.iter().any(|d| {
-                let same_head = || {
-                    let mut h = vec![0; d.head_len];
-                    std::os::unix::fs::FileExt::read_exact_at(&f, &mut h, 0).is_ok()
-                        && fingerprint_of(&h) == d.head_fp
-                };
-                (d.dev == c.dev && d.ino == c.ino && d.gz == c.gz && same_head()) || d.is(&c)
-            });
-            if self.last_done.is_some() && !done {
-                return self.open_file(&c, Ok(f), 0);
+        let (started, next) = match self.holder.lock() {
+            Ok(mut h) if h.started() => {
+                h.refresh();
+                (true, h.take())
             }
+            _ => (false, None),
+        };
+        if let Some((c, f)) = next {
+            return self.open_file(&c, Ok(f), 0);
+        }
+        if started {
+            return false;
         }
         let cands = files::candidates(&self.cfg.path);
-        let next = match &self.last_done {
-            None => {
-                // Nothing was opened yet, so no file existed when reading
-                // began: every file there now, rotated ones included, was
-                // written since. Start with the oldest.
-                let live = cands.iter().find(|c| c.live).cloned();
-                if live.is_none()
-                    && cands.is_empty()
-                    && let Some(n) = self.warn_open.allow()
-                {
-                    match std::fs::metadata(&self.cfg.path) {
-                        Ok(_) => warn!(path = %self.cfg.path.display(), suppressed = n,
-                            "audit log path is not a regular file (directory or FIFO?); waiting for a regular file"),
-                        Err(e) => {
-                            warn!(path = %self.cfg.path.display(), error = %e, suppressed = n,
-                            "audit log not found; waiting for it")
-                        }
-                    }
+        if cands.is_empty()
+            && let Some(n) = self.warn_open.allow()
+        {
+            match std::fs::metadata(&self.cfg.path) {
+                Ok(_) => warn!(path = %self.cfg.path.display(), suppressed = n,
+                    "audit log path is not a regular file (directory or FIFO?); waiting for a regular file"),
+                Err(e) => {
+                    warn!(path = %self.cfg.path.display(), error = %e, suppressed = n,
+                    "audit log not found; waiting for it")
                 }
-                cands.first().cloned()
             }
-            Some(d) => {
-                let after: Vec<&Candidate> = match cands.iter().position(|c| d.is(c)) {
-                    Some(i) => cands[i + 1..].iter().collect(),
-                    None => cands.iter().filter(|c| c.mtime >= d.mtime).collect(),
-                };
-                after
-                    .into_iter()
-                    .find(|c| !self.finished.iter().any(|f| f.is(c)))
-                    .cloned()
-            }
-        };
-        match next {
-            Some(c) => self.open(&c, 0),
+        }
+        match cands.first() {
+            Some(c) => self.open(c, 0),
             None => false,
         }
     }
@@ -374,13 +359,23 @@ impl Tail {
                 return Err(std::io::Error::other("file replaced while opening it"));
             }
             let info = Arc::new(FileInfo::new(c.path.clone(), meta.dev(), meta.ino(), c.gz));
-            let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-            // Re-read the head so fingerprints cover bytes before `offset`
+            // Read the head now, so fingerprints cover bytes before `offset`
+            // and copies of this file are recognised before it is read
             // (through this descriptor, so it is this file's head).
-            if offset > 0 {
-                let n = FINGERPRINT_BYTES.min(offset as usize);
+            if offset > 0 || !c.gz {
+                let n = if c.gz {
+                    FINGERPRINT_BYTES.min(offset as usize)
+                } else {
+                    FINGERPRINT_BYTES
+                };
                 let head = if c.gz {
-                    files::read_head(&c.path, true, n)?
+                    // Through the descriptor (the path may be gone), without
+                    // moving its offset.
+                    let mut h = Vec::with_capacity(n);
+                    flate2::read::MultiGzDecoder::new(PRead { f: &f, pos: 0 })
+                        .take(n as u64)
+                        .read_to_end(&mut h)?;
+                    h
                 } else {
                     let mut h = vec![0; n];
                     let got = std::os::unix::fs::FileExt::read_at(&f, &mut h, 0)?;
@@ -402,14 +397,13 @@ impl Tail {
                 info,
                 read_off: offset,
                 live: c.live,
-                mtime,
             })
         })();
         match r {
             Ok(o) => {
                 debug!(path = %c.path.display(), offset, "opened");
                 if let Ok(mut h) = self.holder.lock() {
-                    h.reading = Some((o.info.dev, o.info.ino, o.info.gz));
+                    h.reading(o.info.clone());
                 }
                 self.cur = Some(o);
                 self.start = 0;
@@ -656,120 +650,52 @@ impl Tail {
         self.start = 0;
         self.end = 0;
         self.scan = 0;
-        let (head_fp, head_len) = cur.info.fingerprint(u64::MAX);
-        let d = Done {
-            dev: cur.info.dev,
-            ino: cur.info.ino,
-            gz: cur.info.gz,
-            mtime: cur.mtime,
-            head_fp,
-            head_len,
-        };
+        cur.info.set_final_len(end_off);
         debug!(path = %cur.info.path.display(), bytes = cur.read_off, "finished file");
-        self.finished.push_back(d.clone());
-        if self.finished.len() > 64 {
-            self.finished.pop_front();
+        if let Ok(mut h) = self.holder.lock() {
+            h.finished(cur.info.clone());
         }
-        self.last_done = Some(d);
         Ok(())
     }
 }
 
-/// Keeps the rotated files that follow the one being read open, so that a
-/// writer deleting old files (`--audit-log-maxbackup`) cannot take them away
-/// while the reader is behind (ARCHITECTURE.md invariant 4) — also while it waits
-/// on a slow or absent receiver. A thread lists the files every
-/// `poll_interval`; the tail takes held files in rotation order.
-struct Holder {
-    /// (dev, ino, gz) of the file the tail reads.
-    reading: Option<(u64, u64, bool)>,
-    held: VecDeque<(Candidate, File)>,
+/// Reads a file through `pread`, leaving the descriptor's offset alone.
+struct PRead<'a> {
+    f: &'a File,
+    pos: u64,
 }
 
-impl Holder {
-    fn start(
-        path: PathBuf,
-        every: Duration,
-        stop: Arc<AtomicBool>,
-    ) -> Arc<std::sync::Mutex<Holder>> {
-        let h = Arc::new(std::sync::Mutex::new(Holder {
-            reading: None,
-            held: VecDeque::new(),
-        }));
-        let weak = Arc::downgrade(&h);
-        let spawned = std::thread::Builder::new()
-            .name("tail-holder".into())
-            .spawn(move || {
-                let every = every.max(Duration::from_millis(10));
-                // Ends with the tail (its Arc dropped) or on stop.
-                while let Some(h) = weak.upgrade() {
-                    if stop.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    Holder::refresh(&h, &path);
-                    drop(h);
-                    std::thread::sleep(every);
-                }
-            });
-        if let Err(e) = spawned {
-            warn!(error = %e, "cannot start the rotated-file holder thread; rotated files are opened when their turn comes");
-        }
-        h
+impl Read for PRead<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = std::os::unix::fs::FileExt::read_at(self.f, buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
     }
+}
 
-    /// Holds the rotated files after the one being read. The lock is kept
-    /// for the whole pass, so the file being read cannot change under it
-    /// (a stale view would hold again a file the tail already took).
-    fn refresh(h: &std::sync::Mutex<Holder>, path: &std::path::Path) {
-        let Ok(mut g) = h.lock() else { return };
-        let Some((dev, ino, gz)) = g.reading else {
-            return;
-        };
-        // Reading the live file: nothing follows it, no listing needed.
-        if !gz && files::live_id(path) == Some((dev, ino)) {
-            return;
-        }
-        let cands = files::candidates(path);
-        // After the file being read; if that one was deleted already, after
-        // the last held file; otherwise nothing (never guess).
-        let last_held = g.held.back().map(|(c, _)| (c.dev, c.ino));
-        let Some(from) = cands
-            .iter()
-            .position(|c| c.dev == dev && c.ino == ino && c.gz == gz)
-            .or_else(|| {
-                let (d, i) = last_held?;
-                cands.iter().position(|c| c.dev == d && c.ino == i)
-            })
-        else {
-            return;
-        };
-        for c in &cands[from + 1..] {
-            // The live file is opened when its turn comes; a compressed copy
-            // of a held file must not be held a second time.
-            if c.live || c.gz || g.held.iter().any(|(x, _)| x.dev == c.dev && x.ino == c.ino) {
-                continue;
-            }
-            if let Ok(f) = File::open(&c.path)
-                && f.metadata()
-                    .is_ok_and(|m| m.dev() == c.dev && m.ino() == c.ino)
-            {
-                debug!(path = %c.path.display(), "holding a rotated file until it is read");
-                g.held.push_back((c.clone(), f));
-            }
-        }
-    }
+/// A read error that means a gzip stream is damaged (not a passing I/O
+/// error).
+fn corrupt(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::InvalidData
+            | std::io::ErrorKind::InvalidInput
+    )
 }
 
 /// inotify (or the platform's equivalent) on the log's directory; `None` and
 /// a warning where it is unavailable, in which case polling alone is used.
-fn watch(path: &std::path::Path, tx: SyncSender<()>) -> Option<notify::RecommendedWatcher> {
+fn watch(path: &std::path::Path, txs: Vec<SyncSender<()>>) -> Option<notify::RecommendedWatcher> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(std::path::Path::new("."));
     let r = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if super::files::is_change(&res) {
-            let _ = tx.try_send(());
+            for tx in &txs {
+                let _ = tx.try_send(());
+            }
         }
     })
     .and_then(|mut w| w.watch(dir, notify::RecursiveMode::NonRecursive).map(|_| w));
