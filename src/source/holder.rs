@@ -131,9 +131,14 @@ impl Holder {
         }
     }
 
-    /// The next held file, in rotation order.
+    /// The next held file, in rotation order. It counts as being read from
+    /// now on (a refresh before the tail calls [`Holder::reading`] must not
+    /// hold it again).
     pub fn take(&mut self) -> Option<(Candidate, File)> {
         let h = self.held.pop_front()?;
+        let info = FileInfo::new(h.c.path.clone(), h.c.dev, h.c.ino, h.c.gz);
+        info.note_head(0, &h.head);
+        self.reading = Some(Arc::new(info));
         self.update_gauges();
         Some((h.c, h.f))
     }
