@@ -21,11 +21,13 @@ python3 -m pip install --quiet --disable-pip-version-check -r example-filters/py
 bash example-filters/python/add-cluster-id/build.sh
 bash example-filters/js/add-cluster-id/build.sh
 
-step "HTTP CONNECT proxies and tools from Debian (tinyproxy, squid, socat, stunnel4, curl, openssl, iproute2, iptables)"
+step "HTTP CONNECT proxies, tools and the Go lumberjack library from Debian (tinyproxy, squid, socat, stunnel4, curl, openssl, iproute2, iptables, golang-go, golang-gopkg-natefinch-lumberjack.v2-dev)"
 need=()
-for pair in tinyproxy:tinyproxy squid:squid socat:socat stunnel4:stunnel curl:curl openssl:openssl iproute2:ip iproute2:tc iptables:iptables; do
+for pair in tinyproxy:tinyproxy squid:squid socat:socat stunnel4:stunnel curl:curl openssl:openssl iproute2:ip iproute2:tc iptables:iptables golang-go:go; do
   command -v "${pair#*:}" >/dev/null 2>&1 || need+=("${pair%%:*}")
 done
+# kube-apiserver's log writer, built by tests/lumberjack.rs in GOPATH mode.
+[ -d /usr/share/gocode/src/gopkg.in/natefinch/lumberjack.v2 ] || need+=(golang-gopkg-natefinch-lumberjack.v2-dev)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq

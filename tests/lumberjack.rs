@@ -32,7 +32,6 @@ fn writer_bin() -> &'static Path {
             .env("GO111MODULE", "off")
             .env("GOPATH", "/usr/share/gocode")
             .env("GOCACHE", dir.join("cache"))
-            .env("GOFLAGS", "-mod=mod")
             .output()
             .unwrap_or_else(|e| {
                 panic!("go: {e}; scripts/test-all.sh installs golang-go and golang-gopkg-natefinch-lumberjack.v2-dev")

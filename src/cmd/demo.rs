@@ -145,7 +145,11 @@ pub async fn run(events: usize, show: usize, filter: Option<PathBuf>) -> Result<
 
     // kube-apiserver's side: write, rotate half way (as lumberjack does), write on.
     let mut synth = Generator::new(42, Mix::Realistic);
+    let minimal = crate::filter::policy::Policy::load("minimal")
+        .map_err(|e| DemoError::Failed(e.to_string()))?;
     let mut ids = Vec::with_capacity(events);
+    // What the owner's output should get: the events its policy keeps.
+    let mut owner_ids = Vec::new();
     let mut f = std::fs::OpenOptions::new().append(true).open(&log)?;
     for i in 0..events {
         if i == events / 2 {
@@ -155,7 +159,12 @@ pub async fn run(events: usize, show: usize, filter: Option<PathBuf>) -> Result<
         }
         let line = synth.event();
         if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-            ids.push(v["auditID"].as_str().unwrap_or_default().to_string());
+            let id = v["auditID"].as_str().unwrap_or_default().to_string();
+            let d = crate::filter::apply::explain(&minimal, line.as_bytes());
+            if d["action"] == "keep" || d["action"] == "lower level" {
+                owner_ids.push(id.clone());
+            }
+            ids.push(id);
         }
         std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes())?;
     }
@@ -175,6 +184,17 @@ pub async fn run(events: usize, show: usize, filter: Option<PathBuf>) -> Result<
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let took = t0.elapsed();
+    let short: Vec<String> = outs
+        .iter()
+        .filter(|m| !done(m))
+        .map(|m| {
+            format!(
+                "output {} accounted for {} of {events} events within 60 s",
+                m.name,
+                m.events_acked.get() + m.dropped_count("policy")
+            )
+        })
+        .collect();
     let _ = fwd_tx.send(true);
     let reports = fwd.await.map_err(|e| DemoError::Failed(e.to_string()))??;
     let _ = sd_tx.send(true);
@@ -211,10 +231,9 @@ pub async fn run(events: usize, show: usize, filter: Option<PathBuf>) -> Result<
             r.dropped_oversize
         );
     }
-    let sec_ids: Vec<String> = sec
-        .iter()
-        .map(|v| v["auditID"].as_str().unwrap_or_default().to_string())
-        .collect();
+    let id_of = |v: &serde_json::Value| v["auditID"].as_str().unwrap_or_default().to_string();
+    let sec_ids: Vec<String> = sec.iter().map(id_of).collect();
+    let own_ids: Vec<String> = own.iter().map(id_of).collect();
     let with_bodies = sec
         .iter()
         .filter(|v| v.get("requestObject").is_some())
@@ -232,11 +251,23 @@ pub async fn run(events: usize, show: usize, filter: Option<PathBuf>) -> Result<
         .filter(|v| v["clusterID"] == "shoot--demo")
         .count();
     println!(
-        "  owner:    {} events, levels {:?}, with clusterID from the WASM filter: {}",
+        "  owner:    {} of {} events its policy keeps, same order as written: {}, levels {:?}, with clusterID from the WASM filter: {}",
         own.len(),
+        owner_ids.len(),
+        if own_ids == owner_ids { "yes" } else { "NO" },
         own_levels,
         tagged
     );
+    if !short.is_empty() {
+        return Err(DemoError::Failed(short.join("; ")));
+    }
+    if own_ids != owner_ids {
+        return Err(DemoError::Failed(format!(
+            "the owner receiver got {} events, its policy keeps {}",
+            own_ids.len(),
+            owner_ids.len()
+        )));
+    }
     if filter.is_some() && tagged != own.len() {
         return Err(DemoError::Failed(
             "the WASM filter did not tag every owner event".into(),
