@@ -90,7 +90,10 @@ pub async fn client(
     let n = read_frame(s, buf, t, AuthError::NoHelo(t)).await?;
     let helo = Helo::decode(&buf[..n])?;
     buf.drain(..n);
-    let salt: [u8; 16] = rand::random();
+    // 128 random bits as 32 hex digits: PING's fields go as msgpack str
+    // (fluent-bit 5 requires it), and a peer that reads a str as UTF-8
+    // text (@fluent-org/logger's server) must see the same bytes.
+    let salt = hex::encode(rand::random::<[u8; 16]>()).into_bytes();
     let ping = Ping {
         hostname: sec.hostname.as_bytes().to_vec(),
         salt: salt.to_vec(),
