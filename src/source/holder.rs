@@ -302,14 +302,14 @@ impl Holder {
 
     /// Reports `bytes` of `path` lost: logged once and counted.
     fn gap(&self, path: &Path, bytes: u64, why: &str) {
-        report_gap(&self.m, path, bytes, why);
+        report_gap(&self.m, path, 0, bytes, why);
     }
 }
 
-/// A DATA GAP: `bytes` of `path` (0: unknown) will not be forwarded. Logged
-/// with an estimate of the events (from the average line read so far) and
-/// counted in `gaps_total` and `gap_bytes_total`.
-pub fn report_gap(m: &OutputMetrics, path: &Path, bytes: u64, why: &str) {
+/// A DATA GAP: `bytes` of `path` (0: unknown) from `offset` on will not be
+/// forwarded. Logged with an estimate of the events (from the average line
+/// read so far) and counted in `gaps_total` and `gap_bytes_total`.
+pub fn report_gap(m: &OutputMetrics, path: &Path, offset: u64, bytes: u64, why: &str) {
     m.gaps.inc();
     m.gap_bytes.inc_by(bytes);
     let (read, lines) = (m.bytes_read.get(), m.lines_read.get());
@@ -320,6 +320,7 @@ pub fn report_gap(m: &OutputMetrics, path: &Path, bytes: u64, why: &str) {
     };
     error!(
         path = %path.display(),
+        offset,
         unread_bytes = bytes,
         estimated_events = events,
         "DATA GAP: {why}; its unread events will not be forwarded"

@@ -227,6 +227,7 @@ impl Tail {
                         holder::report_gap(
                             &self.m,
                             &c.info.path,
+                            c.read_off,
                             0,
                             &format!(
                                 "compressed file is corrupt after {} bytes ({e})",
@@ -281,6 +282,7 @@ impl Tail {
                         holder::report_gap(
                             &self.m,
                             &cp.file.path,
+                            cp.offset,
                             0,
                             &format!(
                                 "the checkpointed file no longer exists (rotated away and deleted while the \
