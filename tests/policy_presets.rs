@@ -53,6 +53,7 @@ fn res(
             namespace,
             name: checker_name(verb, name, subresource, uri),
         }),
+        response_code: None,
     }
 }
 
@@ -68,6 +69,7 @@ fn nonres(
         stage: Some(Stage::ResponseComplete),
         request_uri: uri,
         object_ref: None,
+        response_code: None,
     }
 }
 

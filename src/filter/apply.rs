@@ -38,6 +38,7 @@ pub fn attributes<'a>(f: &'a Fields<'_>) -> Attributes<'a> {
             namespace: &o.namespace,
             name: checker_name(verb, &o.name, &o.subresource, uri),
         }),
+        response_code: f.response_code,
     }
 }
 

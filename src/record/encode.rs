@@ -83,6 +83,8 @@ pub struct Fields<'a> {
     pub groups: Vec<Cow<'a, str>>,
     /// Present iff the event has `objectRef` (a resource request).
     pub object_ref: Option<ObjectRef<'a>>,
+    /// `responseStatus.code`, when it is an integer.
+    pub response_code: Option<i64>,
 }
 
 /// Where the text of the extracted [`Fields`] is in the encoded record:
@@ -171,6 +173,7 @@ enum Ctx {
     Top,
     User,
     ObjectRef,
+    ResponseStatus,
     Plain,
 }
 
@@ -192,6 +195,8 @@ enum Slot {
     Subresource,
     Namespace,
     Name,
+    ResponseStatus,
+    Code,
 }
 
 impl Transcoder {
@@ -427,6 +432,7 @@ impl<'a> Parser<'a, '_> {
             Some(b'{') => {
                 let inner = match slot {
                     Slot::User => Ctx::User,
+                    Slot::ResponseStatus => Ctx::ResponseStatus,
                     Slot::ObjectRef => {
                         f.object_ref = Some(ObjectRef::default());
                         for i in FieldSpans::NAMESPACE..=FieldSpans::API_GROUP {
@@ -452,6 +458,14 @@ impl<'a> Parser<'a, '_> {
             Some(b't') => self.literal(b"true", 0xc3),
             Some(b'f') => self.literal(b"false", 0xc2),
             Some(b'n') => self.literal(b"null", 0xc0),
+            Some(b'-' | b'0'..=b'9') if matches!(slot, Slot::Code) => {
+                let start = self.i;
+                self.number()?;
+                f.response_code = std::str::from_utf8(&self.s[start..self.i])
+                    .ok()
+                    .and_then(|t| t.parse().ok());
+                Ok(())
+            }
             Some(b'-' | b'0'..=b'9') => self.number(),
             Some(_) => Err(self.err("expected a value")),
             None => Err(self.err("unexpected end of line")),
@@ -763,6 +777,11 @@ fn slot_for(ctx: Ctx, key: &str) -> (Slot, TopKey) {
             "objectRef" => (Slot::ObjectRef, TopKey::Other),
             "requestObject" => (Slot::None, TopKey::RequestObject),
             "responseObject" => (Slot::None, TopKey::ResponseObject),
+            "responseStatus" => (Slot::ResponseStatus, TopKey::Other),
+            _ => (Slot::None, TopKey::Other),
+        },
+        Ctx::ResponseStatus => match key {
+            "code" => (Slot::Code, TopKey::Other),
             _ => (Slot::None, TopKey::Other),
         },
         Ctx::User => match key {
@@ -805,7 +824,12 @@ fn store<'a>(f: &mut Fields<'a>, slot: Slot, s: Cow<'a, str>) {
                 _ => o.name = s,
             }
         }
-        Slot::None | Slot::Groups | Slot::User | Slot::ObjectRef => {}
+        Slot::None
+        | Slot::Groups
+        | Slot::User
+        | Slot::ObjectRef
+        | Slot::ResponseStatus
+        | Slot::Code => {}
     }
 }
 

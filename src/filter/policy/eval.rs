@@ -171,6 +171,8 @@ pub(crate) struct CompiledRule {
     pub(crate) omit_stages: StageSet,
     /// Already resolved against the policy default (`isOmitManagedFields`).
     pub(crate) omit_managed_fields: bool,
+    /// Extension: a matched event with one of these codes is dropped.
+    pub(crate) omit_response_codes: Vec<i64>,
 }
 
 /// Per-evaluation request view; the decoded path is computed at most once,
@@ -228,14 +230,16 @@ impl CompiledRule {
             return true;
         }
         self.resources.iter().any(|gr| {
-            // Exact group comparison: checker.go has no group wildcard.
-            if !same(&gr.group, obj.api_group) {
+            // checker.go `ruleMatchesResource` (Kubernetes 1.36): the group
+            // matches exactly, or the rule's group is "*" (every group,
+            // the core group "" included).
+            if &*gr.group != "*" && !same(&gr.group, obj.api_group) {
                 return false;
             }
             if gr.resources.is_empty() {
                 return true;
             }
-            if !gr.resource_names.is_empty() && !gr.resource_names.contains(obj.name) {
+            if !gr.resource_names.is_empty() && !gr.resource_names.contains(&obj.name) {
                 return false;
             }
             gr.resources
@@ -252,10 +256,25 @@ pub(crate) fn evaluate(policy: &Policy, attrs: &Attributes<'_>) -> Decision {
         attrs,
         path: OnceCell::new(),
     };
+    // The `omitResponseCodes` extension, where OpenShift's log forwarder
+    // applies it: after the policy's `omitStages`, before any rule.
+    let code_in = |codes: &[i64]| attrs.response_code.is_some_and(|c| codes.contains(&c));
+    if code_in(&policy.omit_response_codes) {
+        return Decision {
+            level: Level::None,
+            rule: None,
+            omit_stage: policy.omit_stages.contains(attrs.stage),
+            omit_managed_fields: policy.omit_managed_fields,
+        };
+    }
     for (i, rule) in policy.rules.iter().enumerate() {
         if rule.matches(&req) {
             return Decision {
-                level: rule.level,
+                level: if code_in(&rule.omit_response_codes) {
+                    Level::None
+                } else {
+                    rule.level
+                },
                 rule: Some(i),
                 omit_stage: rule.omit_stages.contains(attrs.stage),
                 omit_managed_fields: rule.omit_managed_fields,
@@ -314,21 +333,22 @@ fn percent_decode(s: &str) -> Option<String> {
 /// otherwise `objectRef.name` is what the checker saw (including a name from
 /// a `metadata.name` field selector on list/watch) and is returned as is.
 ///
-/// Percent-escapes in the URI are not decoded here (the result borrows from
-/// the input); valid object names never contain them.
+/// The path is percent-decoded first, as Go decodes `req.URL.Path` before
+/// `NewRequestInfo` splits it (requestinfo.go, Kubernetes 1.36): `%3A` is
+/// `:`, and `%2F` becomes a separator; `+` stays literal.
 pub fn checker_name<'a>(
     verb: &str,
     object_ref_name: &'a str,
     subresource: &str,
     request_uri: &'a str,
-) -> &'a str {
+) -> Cow<'a, str> {
     if verb == "create" && subresource.is_empty() {
-        let path = request_uri
-            .split_once('?')
-            .map_or(request_uri, |(path, _)| path);
-        request_info_name(path)
+        match request_path(request_uri) {
+            Cow::Borrowed(path) => Cow::Borrowed(request_info_name(path)),
+            Cow::Owned(path) => Cow::Owned(request_info_name(&path).to_string()),
+        }
     } else {
-        object_ref_name
+        Cow::Borrowed(object_ref_name)
     }
 }
 

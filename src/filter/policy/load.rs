@@ -20,14 +20,32 @@ const KIND: &str = "Policy";
 /// least one rule" check. Decoding goes through a YAML value so that, as in
 /// the apiserver's YAML→JSON decoding, a number is not accepted as a string.
 pub(crate) fn from_yaml(text: &str, source: &str) -> Result<Policy, PolicyError> {
-    let mut value: Value = serde_yaml::from_str(text)
-        .map_err(|e| decode_error(source, format!("invalid YAML: {e}")))?;
+    let mut warnings = Vec::new();
+    // Duplicate keys fail strict decoding; kube-apiserver then decodes
+    // leniently, where the last key wins (go-yaml v2), and warns.
+    let mut value: Value = match serde_yaml::from_str(text) {
+        Ok(v) => v,
+        Err(e) if e.to_string().contains("duplicate entry") => {
+            let v = serde_yaml::Deserializer::from_str(text)
+                .next()
+                .map(LastWins::deserialize)
+                .transpose()
+                .map_err(|e| decode_error(source, format!("invalid YAML: {e}")))?
+                .map_or(Value::Null, |v| v.0);
+            warnings.push(format!(
+                "{source}: {e}; strict decoding failed, fell back to lenient decoding where \
+                 the last of duplicate keys wins (as kube-apiserver does)"
+            ));
+            v
+        }
+        Err(e) => return Err(decode_error(source, format!("invalid YAML: {e}"))),
+    };
     value
         .apply_merge()
         .map_err(|e| decode_error(source, format!("invalid YAML: {e}")))?;
     check_type_meta(&value, source)?;
+    yaml_1_1(&mut value, &POLICY_SHAPE);
 
-    let mut warnings = Vec::new();
     let doc = match PolicyDoc::deserialize(&value) {
         Ok(doc) => doc,
         Err(strict_err) => {
@@ -51,6 +69,108 @@ pub(crate) fn from_yaml(text: &str, source: &str) -> Result<Policy, PolicyError>
         }
     };
     compile(doc, source, warnings)
+}
+
+/// What kube-apiserver's YAML→JSON step (sigs.k8s.io/yaml over go-yaml v2,
+/// YAML 1.1 scalars; `resolve.go`) does to scalars of the policy's fields,
+/// which serde_yaml (YAML 1.2) reads differently: `y`, `yes`, `on` (and
+/// `n`, `no`, `off`) in their three spellings are booleans, and a null
+/// item of a string list decodes to `""`.
+///
+/// serde_yaml does not say whether a scalar was quoted: a quoted `"yes"` in
+/// a boolean field is taken as true here, where kube-apiserver refuses it.
+fn yaml_1_1(value: &mut Value, shape: &Shape) {
+    match (shape, value) {
+        (Shape::Bool, v @ Value::String(_)) => {
+            let b = match v.as_str().unwrap_or_default() {
+                "y" | "Y" | "yes" | "Yes" | "YES" | "on" | "On" | "ON" | "true" | "True"
+                | "TRUE" => Some(true),
+                "n" | "N" | "no" | "No" | "NO" | "off" | "Off" | "OFF" | "false" | "False"
+                | "FALSE" => Some(false),
+                _ => None,
+            };
+            if let Some(b) = b {
+                *v = Value::Bool(b);
+            }
+        }
+        (Shape::StrList, Value::Sequence(items)) => {
+            for it in items.iter_mut().filter(|it| it.is_null()) {
+                *it = Value::String(String::new());
+            }
+        }
+        (Shape::List(item), Value::Sequence(items)) => {
+            items.iter_mut().for_each(|it| yaml_1_1(it, item));
+        }
+        (Shape::Map(fields), Value::Mapping(map)) => {
+            for (name, child) in fields.iter() {
+                if let Some(v) = map.get_mut(*name) {
+                    yaml_1_1(v, child);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A YAML value whose mappings keep the last of duplicate keys (go-yaml
+/// v2's non-strict decoding), where serde_yaml's `Value` refuses them.
+struct LastWins(Value);
+
+impl<'de> Deserialize<'de> for LastWins {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = LastWins;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a YAML value")
+            }
+            fn visit_bool<E>(self, b: bool) -> Result<LastWins, E> {
+                Ok(LastWins(Value::Bool(b)))
+            }
+            fn visit_i64<E>(self, n: i64) -> Result<LastWins, E> {
+                Ok(LastWins(Value::Number(n.into())))
+            }
+            fn visit_u64<E>(self, n: u64) -> Result<LastWins, E> {
+                Ok(LastWins(Value::Number(n.into())))
+            }
+            fn visit_f64<E>(self, n: f64) -> Result<LastWins, E> {
+                Ok(LastWins(Value::Number(n.into())))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<LastWins, E> {
+                Ok(LastWins(Value::String(s.to_string())))
+            }
+            fn visit_unit<E>(self) -> Result<LastWins, E> {
+                Ok(LastWins(Value::Null))
+            }
+            fn visit_none<E>(self) -> Result<LastWins, E> {
+                Ok(LastWins(Value::Null))
+            }
+            fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<LastWins, D::Error> {
+                LastWins::deserialize(d)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<LastWins, A::Error> {
+                let mut v = Vec::new();
+                while let Some(LastWins(x)) = a.next_element()? {
+                    v.push(x);
+                }
+                Ok(LastWins(Value::Sequence(v)))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<LastWins, A::Error> {
+                let mut m = Mapping::new();
+                while let Some((LastWins(k), LastWins(v))) = a.next_entry()? {
+                    m.insert(k, v);
+                }
+                Ok(LastWins(Value::Mapping(m)))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 fn decode_error(source: &str, message: String) -> PolicyError {
@@ -182,6 +302,15 @@ fn type_error(value: &Value, shape: &Shape, path: &str) -> Option<String> {
             })
         }),
         (Shape::StrList, v) => wrong("a list of strings", v),
+        (Shape::IntList, Value::Sequence(items)) => items.iter().enumerate().find_map(|(i, v)| {
+            (!v.is_i64()).then(|| {
+                format!(
+                    "{path}[{i}]: invalid type: expected an integer, found {}",
+                    describe(v)
+                )
+            })
+        }),
+        (Shape::IntList, v) => wrong("a list of integers", v),
         (Shape::List(item), Value::Sequence(items)) => items
             .iter()
             .enumerate()
@@ -217,6 +346,8 @@ fn compile(doc: PolicyDoc, source: &str, mut warnings: Vec<String>) -> Result<Po
         &mut errors,
     );
     let omit_managed_fields = doc.omit_managed_fields.unwrap_or(false);
+    let omit_response_codes =
+        response_codes(doc.omit_response_codes, "omitResponseCodes", &mut errors);
     let rule_docs = doc.rules.unwrap_or_default();
     if rule_docs.is_empty() {
         errors.push(field_error(
@@ -251,8 +382,23 @@ fn compile(doc: PolicyDoc, source: &str, mut warnings: Vec<String>) -> Result<Po
         rules,
         omit_stages,
         omit_managed_fields,
+        omit_response_codes,
         warnings,
     })
+}
+
+/// The `omitResponseCodes` extension: HTTP status codes (100–599).
+fn response_codes(codes: Option<Vec<i64>>, path: &str, errors: &mut Vec<FieldError>) -> Vec<i64> {
+    let codes = codes.unwrap_or_default();
+    for (i, c) in codes.iter().enumerate() {
+        if !(100..=599).contains(c) {
+            errors.push(field_error(
+                format!("{path}[{i}]"),
+                format!("{c} is not an HTTP status code (100-599)"),
+            ));
+        }
+    }
+    codes
 }
 
 /// `validatePolicyRule` for one rule; `None` if it has errors.
@@ -346,6 +492,11 @@ fn compile_rule(
         errors,
     );
 
+    let omit_response_codes = response_codes(
+        rule.omit_response_codes,
+        &format!("{path}.omitResponseCodes"),
+        errors,
+    );
     let namespaces = rule.namespaces.unwrap_or_default();
     if !urls.is_empty() && (!resources.is_empty() || !namespaces.is_empty()) {
         errors.push(field_error(
@@ -370,6 +521,7 @@ fn compile_rule(
         omit_managed_fields: rule
             .omit_managed_fields
             .unwrap_or(policy_omit_managed_fields),
+        omit_response_codes,
     })
 }
 
@@ -391,21 +543,15 @@ fn parse_stages(stages: Vec<String>, path: &str, errors: &mut Vec<FieldError>) -
     set
 }
 
-/// `validateResources`' group check: `""` is the core group; anything else
-/// must be a DNS-1123 subdomain (so neither `apps/v1` nor a `*` wildcard).
+/// `validateResources`' group check (validation.go, Kubernetes 1.36): `""`
+/// is the core group and `"*"` every group; anything else must be a
+/// DNS-1123 subdomain (so neither `apps/v1` nor `*.k8s.io`).
 fn group_error(group: &str) -> Option<String> {
-    if group.is_empty() {
+    if group.is_empty() || group == "*" {
         return None;
     }
     if group.contains('/') {
         return Some(format!("{group:?} must not contain '/'"));
-    }
-    if group == "*" {
-        return Some(
-            "\"*\" is not a valid group: kube-apiserver has no group wildcard \
-             (list each group; \"\" is the core group)"
-                .to_string(),
-        );
     }
     if group.len() > 253 {
         return Some(format!(

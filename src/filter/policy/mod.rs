@@ -118,6 +118,8 @@ pub struct Attributes<'a> {
     pub request_uri: &'a str,
     /// `Some` iff the event is a resource request (it has an `objectRef`).
     pub object_ref: Option<ObjectRefAttrs<'a>>,
+    /// `responseStatus.code`, for the `omitResponseCodes` extension.
+    pub response_code: Option<i64>,
 }
 
 /// The resource coordinates of a resource request (from `objectRef`).
@@ -132,7 +134,8 @@ pub struct ObjectRefAttrs<'a> {
     pub subresource: &'a str,
     /// `""` for cluster-scoped and cross-namespace requests.
     pub namespace: &'a str,
-    pub name: &'a str,
+    /// As the checker saw it ([`checker_name`]): decoded from the URL.
+    pub name: std::borrow::Cow<'a, str>,
 }
 
 /// The outcome of evaluating a policy against one event.
@@ -211,6 +214,8 @@ pub struct Policy {
     pub(crate) rules: Vec<eval::CompiledRule>,
     pub(crate) omit_stages: eval::StageSet,
     pub(crate) omit_managed_fields: bool,
+    /// Extension: events with these `responseStatus.code`s are dropped.
+    pub(crate) omit_response_codes: Vec<i64>,
     pub(crate) warnings: Vec<String>,
 }
 

@@ -18,13 +18,14 @@ fn fixture(name: &str) -> Attributes<'static> {
         stage: None,
         request_uri: uri,
         object_ref: obj,
+        response_code: None,
     };
     let pod = |sub| ObjectRefAttrs {
         api_group: "",
         resource: "pods",
         subresource: sub,
         namespace: "default",
-        name: "busybox",
+        name: "busybox".into(),
     };
     match name {
         "namespaced" => tim(
@@ -40,7 +41,7 @@ fn fixture(name: &str) -> Attributes<'static> {
                 resource: "clusterroles",
                 subresource: "",
                 namespace: "",
-                name: "edit",
+                name: "edit".into(),
             }),
         ),
         "nonResource" => tim("get", "/logs/kubelet.log", None),
@@ -56,6 +57,7 @@ fn fixture(name: &str) -> Attributes<'static> {
             stage: None,
             request_uri: "/api/v1/namespaces/default/pods/busybox",
             object_ref: Some(pod("")),
+            response_code: None,
         },
         other => panic!("unknown fixture {other}"),
     }
@@ -418,7 +420,7 @@ fn groups_and_resource_names() {
     assert_eq!(level_of(&named("other"), &ns), n);
     let mut list = fixture("namespaced");
     if let Some(o) = list.object_ref.as_mut() {
-        o.name = "";
+        o.name = "".into();
     }
     list.verb = "list";
     assert_eq!(level_of(&named("busybox"), &list), n);
@@ -442,7 +444,7 @@ fn namespaces() {
     all.request_uri = "/api/v1/pods";
     if let Some(o) = all.object_ref.as_mut() {
         o.namespace = "";
-        o.name = "";
+        o.name = "".into();
     }
     assert_eq!(level_of(core, &all), Level::Metadata);
 }
@@ -724,10 +726,12 @@ fn rejects_bad_groups() {
         msg,
         r#"policy.yaml: rules[2].resources[0].group: "apps/v1" must not contain '/'"#
     );
+    // Since Kubernetes 1.36 "*" is every group (validation.go
+    // `validateResources`); other patterns are still no DNS subdomain.
     assert_rejects(
-        "rules:\n- level: Metadata\n  resources: [{group: apps}, {group: \"*\"}]\n",
+        "rules:\n- level: Metadata\n  resources: [{group: apps}, {group: \"*.k8s.io\"}]\n",
         "rules[0].resources[1].group",
-        "no group wildcard",
+        "RFC 1123",
     );
     assert_rejects(
         "rules:\n- level: Metadata\n  resources: [{group: Apps}]\n",
@@ -975,4 +979,219 @@ fn level_and_stage_names() {
     assert_eq!(Stage::parse(""), None);
     assert!(Level::None < Level::Metadata && Level::Request < Level::RequestResponse);
     assert_eq!(Level::RequestResponse.to_string(), "RequestResponse");
+}
+
+// ---------------------------------------------------------------------------
+// Kubernetes 1.36 parity (apiserver v0.36.0, commit 4275b138)
+// ---------------------------------------------------------------------------
+
+/// A resource request event, as JSON, evaluated through the encoder.
+fn event(
+    verb: &str,
+    uri: &str,
+    group: &str,
+    resource: &str,
+    sub: &str,
+    name: &str,
+    code: Option<i64>,
+) -> String {
+    let status = code.map_or(String::new(), |c| {
+        format!(r#","responseStatus":{{"metadata":{{}},"code":{c}}}"#)
+    });
+    format!(
+        r#"{{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"RequestResponse","auditID":"x","stage":"ResponseComplete","requestURI":"{uri}","verb":"{verb}","user":{{"username":"u","groups":["g"]}},"objectRef":{{"resource":"{resource}","namespace":"ns","name":"{name}","apiGroup":"{group}","subresource":"{sub}"}}{status}}}"#
+    )
+}
+
+fn decide(p: &Policy, line: &str) -> String {
+    crate::filter::apply::explain(p, line.as_bytes())["level"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// checker.go `ruleMatchesResource`: `gr.Group == apiGroup || gr.Group ==
+/// "*"` (PR #135262, first in 1.36.0): every group, the core group
+/// included; resource requests only; `*/status` across groups.
+#[test]
+fn group_wildcard_matches_every_group() {
+    let p = load(&format!(
+        "{HEAD}rules:\n- level: None\n  resources: [{{group: \"*\", resources: [\"*/status\"]}}]\n\
+         - level: Metadata\n  resources: [{{group: \"*\"}}]\n- level: Request\n"
+    ));
+    let core = event(
+        "get",
+        "/api/v1/namespaces/ns/pods/p",
+        "",
+        "pods",
+        "",
+        "p",
+        None,
+    );
+    let apps = event(
+        "get",
+        "/apis/apps/v1/namespaces/ns/deployments/d",
+        "apps",
+        "deployments",
+        "",
+        "d",
+        None,
+    );
+    let status = event(
+        "update",
+        "/apis/apps/v1/namespaces/ns/deployments/d/status",
+        "apps",
+        "deployments",
+        "status",
+        "d",
+        None,
+    );
+    assert_eq!(decide(&p, &core), "Metadata");
+    assert_eq!(decide(&p, &apps), "Metadata");
+    assert_eq!(decide(&p, &status), "None");
+    let nonres = r#"{"kind":"Event","level":"Request","auditID":"y","stage":"ResponseComplete","requestURI":"/healthz","verb":"get","user":{"username":"u"}}"#;
+    assert_eq!(
+        decide(&p, nonres),
+        "Request",
+        "a group rule never matches a non-resource request"
+    );
+}
+
+/// requestinfo.go `NewRequestInfo` splits Go's decoded `req.URL.Path`:
+/// `%3A` is `:`, `%2F` a separator, `+` literal, decoded once.
+#[test]
+fn names_from_the_url_are_percent_decoded() {
+    let name = |uri| checker_name("create", "fromBody", "", uri).into_owned();
+    assert_eq!(name("/api/v1/namespaces/ns/pods/foo%3Abar"), "foo:bar");
+    assert_eq!(name("/api/v1/namespaces/ns/pods/foo%2Fbar"), "foo");
+    assert_eq!(name("/api/v1/namespaces/ns/pods/a+b"), "a+b");
+    assert_eq!(name("/api/v1/namespaces/ns/pods/x%252F"), "x%2F");
+    assert_eq!(name("/api/v1/namespaces/ns/pods?dryRun=All"), "");
+    let p = load(&format!(
+        "{HEAD}rules:\n- level: None\n  resources: [{{group: \"\", resources: [pods], resourceNames: [\"foo:bar\"]}}]\n- level: Metadata\n"
+    ));
+    let create = event(
+        "create",
+        "/api/v1/namespaces/ns/pods/foo%3Abar",
+        "",
+        "pods",
+        "",
+        "foo:bar",
+        None,
+    );
+    assert_eq!(decide(&p, &create), "None");
+}
+
+/// reader.go `LoadPolicyFromBytes` decodes through sigs.k8s.io/yaml over
+/// go-yaml v2 (YAML 1.1 scalars, resolve.go): `yes`/`on`/`off` are
+/// booleans, a null list item is `""`; strict decoding fails on duplicate
+/// keys, and the lenient retry keeps the last one, with a warning.
+#[test]
+fn policy_files_decode_as_kube_apiserver_decodes_them() {
+    let p = load(&format!(
+        "{HEAD}omitManagedFields: yes\nrules:\n- level: Metadata\n  omitManagedFields: Off\n- level: Request\n"
+    ));
+    assert!(
+        p.omit_managed_fields && !p.rules[0].omit_managed_fields && p.rules[1].omit_managed_fields
+    );
+    for (word, want) in [
+        ("y", true),
+        ("ON", true),
+        ("True", true),
+        ("n", false),
+        ("NO", false),
+        ("off", false),
+    ] {
+        let p = load(&format!(
+            "{HEAD}omitManagedFields: {word}\nrules:\n- level: Metadata\n"
+        ));
+        assert_eq!(p.omit_managed_fields, want, "{word}");
+    }
+    // namespaces: [~] is [""]: cluster-scoped requests.
+    let p = load(&format!(
+        "{HEAD}rules:\n- level: None\n  namespaces: [~]\n- level: Metadata\n"
+    ));
+    let cluster = r#"{"kind":"Event","level":"Metadata","auditID":"z","stage":"ResponseComplete","requestURI":"/api/v1/nodes/n","verb":"get","user":{"username":"u"},"objectRef":{"resource":"nodes","name":"n","apiVersion":"v1"}}"#;
+    assert_eq!(decide(&p, cluster), "None");
+    // Duplicate keys: the last wins, and a warning says so.
+    let p = load(&format!("{HEAD}rules:\n- level: Metadata\n  level: None\n"));
+    assert_eq!(p.rules[0].level, Level::None);
+    assert!(
+        p.warnings()
+            .iter()
+            .any(|w| w.contains("duplicate") && w.contains("lenient")),
+        "{:?}",
+        p.warnings()
+    );
+    // Still fatal there, still fatal here: a number where a string belongs.
+    assert!(
+        Policy::from_yaml(
+            &format!("{HEAD}rules:\n- level: Metadata\n  users: [123]\n"),
+            "p"
+        )
+        .is_err()
+    );
+}
+
+/// The `omitResponseCodes` extension (OpenShift's ClusterLogForwarder
+/// KubeAPIAudit filter, policy.vrl.tmpl): at policy level, checked after
+/// `omitStages` and before the rules; per rule here too. Off unless set.
+#[test]
+fn omit_response_codes_drops_events_with_those_codes() {
+    let p = load(&format!(
+        "{HEAD}omitResponseCodes: [404, 409, 422, 429]\nrules:\n- level: RequestResponse\n  verbs: [create]\n  omitResponseCodes: [201]\n- level: Metadata\n"
+    ));
+    let get = |code| {
+        event(
+            "get",
+            "/api/v1/namespaces/ns/pods/p",
+            "",
+            "pods",
+            "",
+            "p",
+            code,
+        )
+    };
+    let create = |code| {
+        event(
+            "create",
+            "/api/v1/namespaces/ns/pods",
+            "",
+            "pods",
+            "",
+            "p",
+            code,
+        )
+    };
+    assert_eq!(decide(&p, &get(Some(404))), "None");
+    assert_eq!(decide(&p, &get(Some(200))), "Metadata");
+    assert_eq!(
+        decide(&p, &get(None)),
+        "Metadata",
+        "no responseStatus (RequestReceived): kept"
+    );
+    assert_eq!(
+        decide(&p, &create(Some(409))),
+        "None",
+        "policy level wins over the rules"
+    );
+    assert_eq!(
+        decide(&p, &create(Some(201))),
+        "None",
+        "the matched rule's list"
+    );
+    assert_eq!(decide(&p, &create(Some(200))), "RequestResponse");
+    // Without the key: upstream semantics.
+    let plain = load(&format!("{HEAD}rules:\n- level: Metadata\n"));
+    assert_eq!(decide(&plain, &get(Some(404))), "Metadata");
+    assert_rejects(
+        "omitResponseCodes: [99]\nrules:\n- level: Metadata\n",
+        "omitResponseCodes[0]",
+        "HTTP status code",
+    );
+    let (_, msg) = load_err("omitResponseCodes: [\"404\"]\nrules:\n- level: Metadata\n");
+    assert!(
+        msg.contains("omitResponseCodes[0]: invalid type: expected an integer"),
+        "{msg}"
+    );
 }

@@ -26,6 +26,9 @@ pub(crate) struct PolicyDoc {
     pub rules: Option<Vec<PolicyRuleDoc>>,
     pub omit_stages: Option<Vec<String>>,
     pub omit_managed_fields: Option<bool>,
+    /// Extension (OpenShift's log forwarder): drop events with these
+    /// `responseStatus.code`s.
+    pub omit_response_codes: Option<Vec<i64>>,
 }
 
 /// One `PolicyRule`.
@@ -42,6 +45,8 @@ pub(crate) struct PolicyRuleDoc {
     pub non_resource_urls: Option<Vec<String>>,
     pub omit_stages: Option<Vec<String>>,
     pub omit_managed_fields: Option<bool>,
+    /// Extension: events this rule matches with these codes are dropped.
+    pub omit_response_codes: Option<Vec<i64>>,
 }
 
 /// One `GroupResources` entry of a rule's `resources`.
@@ -61,6 +66,7 @@ pub(crate) enum Shape {
     Str,
     Bool,
     StrList,
+    IntList,
     /// Anything (`metadata`).
     Opaque,
     /// A mapping with these known fields; other keys are unknown fields.
@@ -86,6 +92,7 @@ pub(crate) const POLICY_RULE_SHAPE: Shape = Shape::Map(&[
     ("nonResourceURLs", Shape::StrList),
     ("omitStages", Shape::StrList),
     ("omitManagedFields", Shape::Bool),
+    ("omitResponseCodes", Shape::IntList),
 ]);
 
 /// Shape of [`PolicyDoc`].
@@ -96,4 +103,5 @@ pub(crate) const POLICY_SHAPE: Shape = Shape::Map(&[
     ("rules", Shape::List(&POLICY_RULE_SHAPE)),
     ("omitStages", Shape::StrList),
     ("omitManagedFields", Shape::Bool),
+    ("omitResponseCodes", Shape::IntList),
 ]);
