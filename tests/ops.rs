@@ -132,6 +132,52 @@ fn lag_rises_while_the_receiver_is_down_and_returns_to_zero() {
     assert_eq!(read_lines(&out).len(), 300);
 }
 
+/// Regression: after a restart `lag_bytes` ignored the checkpoint until the
+/// first acknowledgement (the whole log looked unsent: a false alert).
+/// The first scrape of the restarted forwarder, with nothing new to send,
+/// reads 0.
+#[test]
+fn lag_is_taken_from_the_checkpoint_right_after_a_restart() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out.jsonl");
+    let (_rx, port) = receiver(&out, &[]);
+    let log = d.path().join("audit.log");
+    let state = d.path().join("state");
+    let mut api = ApiServerLog::new(&log, 34, Mix::Metadata);
+    api.write(500);
+    oneshot(&log, &state, port, &[]);
+    let mut args = forward_args(&log, &state, port);
+    args.extend(["--set".into(), "http_listen=\"127.0.0.1:0\"".into()]);
+    let f = spawn_forward(&args);
+    f.logged("resuming from checkpoint");
+    let (_, body) = http_get(http_port(&f), "/metrics");
+    assert_eq!(
+        m(&body, "events_acked_total", OUT),
+        0.0,
+        "nothing new acked yet"
+    );
+    assert_eq!(m(&body, "lag_bytes", OUT), 0.0, "{body}");
+    assert_eq!(m(&body, "lag_seconds", OUT), 0.0, "{body}");
+}
+
+/// Regression: `lag_seconds` stayed 0 while nothing was ever acknowledged,
+/// so the suggested alert never fired for a receiver down from the start.
+/// It is the age of the oldest unacknowledged event.
+#[test]
+fn lag_seconds_rises_when_nothing_was_ever_acknowledged() {
+    let d = tempfile::tempdir().unwrap();
+    let log = d.path().join("audit.log");
+    let mut api = ApiServerLog::new(&log, 35, Mix::Metadata);
+    api.write(100);
+    let mut args = forward_args(&log, &d.path().join("state"), free_port());
+    args.extend(["--set".into(), "http_listen=\"127.0.0.1:0\"".into()]);
+    let f = spawn_forward(&args);
+    let t = wait_metrics(http_port(&f), "lag while never acknowledged", |t| {
+        m(t, "lag_seconds", OUT) > 0.0 && m(t, "lag_bytes", OUT) > 0.0
+    });
+    assert_eq!(m(&t, "events_acked_total", OUT), 0.0);
+}
+
 #[test]
 fn sigterm_drains_acks_saves_the_checkpoint_and_exits_0() {
     let d = tempfile::tempdir().unwrap();

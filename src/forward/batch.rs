@@ -36,6 +36,37 @@ pub struct BatchConfig {
     pub gzip: Option<u32>,
     /// Where the client gives sent chunks' buffers back.
     pub recycler: Recycler,
+    /// Shared with the client: the chunks not yet acknowledged.
+    pub pending: Pending,
+}
+
+/// The first event time of each sealed chunk not yet acknowledged, oldest
+/// first: the age of the oldest unacknowledged event (`lag_seconds`),
+/// whether or not anything was acknowledged yet. The batcher adds, the
+/// client removes; bounded by the chunks buffered.
+#[derive(Clone, Debug, Default)]
+pub struct Pending(Arc<std::sync::Mutex<std::collections::VecDeque<(u64, EventTime)>>>);
+
+impl Pending {
+    fn sealed(&self, seq: u64, first: EventTime) {
+        if let Ok(mut q) = self.0.lock() {
+            q.push_back((seq, first));
+        }
+    }
+
+    /// Every chunk up to `seq` was acknowledged (or dropped).
+    pub fn acked_through(&self, seq: u64) {
+        if let Ok(mut q) = self.0.lock() {
+            while q.front().is_some_and(|&(s, _)| s <= seq) {
+                q.pop_front();
+            }
+        }
+    }
+
+    /// The time of the oldest event not yet acknowledged.
+    pub fn oldest(&self) -> Option<EventTime> {
+        self.0.lock().ok()?.front().map(|&(_, t)| t)
+    }
 }
 
 /// Chunk buffers given back once acknowledged and reused for new batches,
@@ -90,6 +121,7 @@ pub struct Batcher {
     end: Option<(Arc<FileInfo>, u64)>,
     seq: u64,
     last_size: usize,
+    first_time: Option<EventTime>,
     last_time: Option<EventTime>,
     /// Calls of `should_flush`, to read the clock on a few of them.
     calls: u32,
@@ -106,6 +138,7 @@ impl Batcher {
             end: None,
             seq: 0,
             last_size: 64 * 1024,
+            first_time: None,
             last_time: None,
             calls: 0,
         };
@@ -140,6 +173,7 @@ impl Batcher {
         if self.first_at.is_none() {
             self.first_at = Some(Instant::now());
         }
+        self.first_time.get_or_insert(time);
         self.last_time = Some(time);
         self.buf.push(0x92);
         time.write(&mut self.buf);
@@ -170,6 +204,7 @@ impl Batcher {
         self.entries_start = entries_start;
         self.events = 1;
         self.first_at = Some(Instant::now());
+        self.first_time = Some(time);
         self.last_time = Some(time);
     }
 
@@ -254,6 +289,9 @@ impl Batcher {
             write_str(&mut msg, b"gzip");
         }
         let events = self.events;
+        if let Some(t) = self.first_time.take() {
+            self.cfg.pending.sealed(self.seq, t);
+        }
         self.last_size = msg.len();
         self.reset();
         Some(Chunk {
@@ -276,6 +314,7 @@ mod tests {
 
     fn batcher(gzip: Option<u32>) -> Batcher {
         Batcher::new(BatchConfig {
+            pending: Pending::default(),
             tag: "audit".into(),
             max_events: 3,
             max_bytes: 1 << 20,

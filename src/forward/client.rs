@@ -52,6 +52,8 @@ pub struct ClientConfig {
     pub proxy: Option<crate::transport::proxy::Proxy>,
     /// Acknowledged chunks' buffers go back to the batcher through this.
     pub recycler: super::batch::Recycler,
+    /// The chunks not yet acknowledged (shared with the batcher).
+    pub pending: super::batch::Pending,
 }
 
 impl ClientConfig {
@@ -604,6 +606,7 @@ impl Client {
                 if let Some(t) = s.chunk.last_time {
                     self.m.last_acked_ts.set(t.as_f64());
                 }
+                self.cfg.pending.acked_through(s.chunk.seq);
                 moved = Some(s.chunk.end);
                 self.cfg.recycler.give(s.chunk.payload);
             }

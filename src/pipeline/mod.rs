@@ -10,6 +10,7 @@ pub mod process;
 use crate::config::{Config, OutputSection};
 use crate::filter::chain::Chain;
 use crate::filter::policy::Policy;
+use crate::forward::batch::Pending;
 use crate::ops::metrics::{Metrics, OutputMetrics};
 use crate::record::origin::Position;
 use crate::record::time::EventTime;
@@ -191,34 +192,50 @@ pub fn restart_safe(cfg: &Config) -> Result<(), String> {
     Ok(())
 }
 
-/// Bytes of the audit log not yet acknowledged: the rest of the watermark's
+/// Bytes of the audit log not yet acknowledged: the rest of the position's
 /// file plus every file written after it (found by identity among the live
-/// file and its rotated siblings). Without a watermark, everything present.
-pub fn lag_bytes(live: &std::path::Path, wm: Option<&Position>) -> u64 {
+/// file and its rotated siblings). The position is the watermark, or before
+/// the first acknowledgement the checkpoint it resumed from. Without
+/// either, everything present.
+pub fn lag_bytes(
+    live: &std::path::Path,
+    wm: Option<&Position>,
+    resumed: Option<&Checkpoint>,
+) -> u64 {
     let cands = crate::source::files::candidates(live);
-    let Some(wm) = wm else {
-        return cands.iter().map(|c| c.len).sum();
+    let at = match (wm, resumed) {
+        (Some(wm), _) => cands
+            .iter()
+            .position(|c| !c.gz && c.dev == wm.file.dev && c.ino == wm.file.ino)
+            .map(|i| (i, wm.offset)),
+        (None, Some(cp)) => cands
+            .iter()
+            .position(|c| cp.matches(c))
+            .map(|i| (i, cp.offset)),
+        (None, None) => return cands.iter().map(|c| c.len).sum(),
     };
-    let at = cands
-        .iter()
-        .position(|c| !c.gz && c.dev == wm.file.dev && c.ino == wm.file.ino);
     match at {
-        Some(i) => {
-            cands[i].len.saturating_sub(wm.offset)
-                + cands[i + 1..].iter().map(|c| c.len).sum::<u64>()
+        Some((i, offset)) => {
+            // A `.gz` length is compressed: count its rest as unknown (0).
+            let rest = if cands[i].gz {
+                0
+            } else {
+                cands[i].len.saturating_sub(offset)
+            };
+            rest + cands[i + 1..].iter().map(|c| c.len).sum::<u64>()
         }
-        // The watermark's file is gone or compressed: count what is newer.
+        // The position's file is gone or compressed: count what is newer.
         None => cands.iter().filter(|c| c.live).map(|c| c.len).sum(),
     }
 }
 
-pub(crate) fn update_lag(m: &OutputMetrics, lag: u64) {
+/// `lag_bytes`, and `lag_seconds`: now minus the stageTimestamp of the
+/// oldest event not yet acknowledged (0 when nothing is pending).
+pub(crate) fn update_lag(m: &OutputMetrics, lag: u64, pending: &Pending) {
     m.lag_bytes.set(lag as i64);
-    let secs = if lag == 0 || m.last_acked_ts.get() == 0.0 {
-        0.0
-    } else {
-        (EventTime::now().as_f64() - m.last_acked_ts.get()).max(0.0)
-    };
+    let secs = pending
+        .oldest()
+        .map_or(0.0, |t| (EventTime::now().as_f64() - t.as_f64()).max(0.0));
     m.lag_seconds.set(secs);
 }
 

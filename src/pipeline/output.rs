@@ -9,7 +9,7 @@ use super::process::Processor;
 use super::{PipelineError, Report, checkpoint_path, lag_bytes, load_filters, load_policy};
 use crate::config::{Balance, Config, OutputKind, OutputSection, SourceSpec};
 use crate::forward::auth::ClientSecurity;
-use crate::forward::batch::{BatchConfig, Batcher, Recycler};
+use crate::forward::batch::{BatchConfig, Batcher, Pending, Recycler};
 use crate::forward::client::{Client, ClientConfig, ClientEnd};
 use crate::forward::protocol::handshake::hostname;
 use crate::forward::server::Output;
@@ -53,9 +53,18 @@ impl OutputPlan<'_> {
         let (wm_tx, wm_rx) = watch::channel::<Option<Position>>(None);
         let (conn_tx, _conn_rx) = watch::channel(false);
         let recycler = Recycler::new(o.max_batch_bytes);
+        let pending = Pending::default();
         let stop = Arc::new(AtomicBool::new(false));
-        let client_cfg = self.client_config(recycler.clone())?;
-        let (tail_thread, waker) = self.start_tail(resume, chunk_tx, recycler, stop.clone())?;
+        let client_cfg = self.client_config(recycler.clone(), pending.clone())?;
+        // Lag as of the checkpoint, before the first scrape can ask.
+        super::update_lag(
+            &m,
+            lag_bytes(&self.src.path, None, resume.as_ref()),
+            &pending,
+        );
+        let resumed = resume.clone();
+        let (tail_thread, waker) =
+            self.start_tail(resume, chunk_tx, (recycler, pending.clone()), stop.clone())?;
         let client = Client::new(
             client_cfg,
             m.clone(),
@@ -71,6 +80,8 @@ impl OutputPlan<'_> {
             interval: o.checkpoint_interval,
             shutdown_timeout: self.cfg.shutdown_timeout,
             m,
+            resumed,
+            pending,
         };
         Ok(cp.run(client, wm_rx, self.shutdown, stop, waker, tail_thread))
     }
@@ -80,7 +91,7 @@ impl OutputPlan<'_> {
         &self,
         resume: Option<Checkpoint>,
         chunk_tx: mpsc::Sender<crate::forward::batch::Chunk>,
-        recycler: Recycler,
+        (recycler, pending): (Recycler, Pending),
         stop: Arc<AtomicBool>,
     ) -> Result<(TailThread, Waker), PipelineError> {
         let (cfg, o, m) = (self.cfg, self.out, &self.metrics);
@@ -106,6 +117,7 @@ impl OutputPlan<'_> {
                 flush_interval: o.flush_interval,
                 gzip: o.gzip.then_some(o.gzip_level),
                 recycler,
+                pending,
             }),
             load_policy(o)?,
             chunk_tx,
@@ -136,7 +148,11 @@ impl OutputPlan<'_> {
 
     /// Where and how the client sends: a Forward server (or several), or a
     /// local JSON-lines destination.
-    fn client_config(&self, recycler: Recycler) -> Result<ClientConfig, PipelineError> {
+    fn client_config(
+        &self,
+        recycler: Recycler,
+        pending: Pending,
+    ) -> Result<ClientConfig, PipelineError> {
         let o = self.out;
         Ok(ClientConfig {
             host: o.host.clone(),
@@ -166,6 +182,7 @@ impl OutputPlan<'_> {
                 OutputKind::File => o.path.clone().map(Output::File),
             },
             recycler,
+            pending,
         })
     }
 }
@@ -180,6 +197,9 @@ struct Checkpointer {
     interval: Duration,
     shutdown_timeout: Duration,
     m: OutputMetrics,
+    /// The checkpoint the output resumed from (lag before the first ack).
+    resumed: Option<Checkpoint>,
+    pending: Pending,
 }
 
 impl Checkpointer {
@@ -229,9 +249,9 @@ impl Checkpointer {
                 r = &mut client => break r.ok(),
                 _ = lag_tick.tick() => {
                     let wm = wm_rx.borrow().clone();
-                    let path = self.log_path.clone();
-                    if let Ok(lag) = tokio::task::spawn_blocking(move || lag_bytes(&path, wm.as_ref())).await {
-                        super::update_lag(&m, lag);
+                    let (path, cp) = (self.log_path.clone(), self.resumed.clone());
+                    if let Ok(lag) = tokio::task::spawn_blocking(move || lag_bytes(&path, wm.as_ref(), cp.as_ref())).await {
+                        super::update_lag(&m, lag, &self.pending);
                     }
                 }
                 r = wm_rx.changed(), if wm_open => match r {
