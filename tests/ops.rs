@@ -287,3 +287,75 @@ fn reload_applies_a_new_policy_and_rejects_an_invalid_config() {
         metric(t, "audit_forwarder_buffered_bytes", "output=\"default\"") == 0.0
     });
 }
+
+/// Logs a person and a log pipeline can read: no colour codes when stderr
+/// is not a terminal; one INFO line when the output connects and when it
+/// recovers (how long it was down, how many tries); the first failure after
+/// a recovery logged at once (a rate limit hid it for 10 s); and a
+/// connection the receiver closed when idle counted in `reconnects_total`.
+#[test]
+fn connection_logs_and_reconnect_counts() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out.jsonl");
+    let log = d.path().join("audit.log");
+    let mut api = ApiServerLog::new(&log, 36, Mix::Metadata);
+    api.write(50);
+    let port = free_port();
+    let mut args = forward_args(&log, &d.path().join("state"), port);
+    args.extend(["--set".into(), "http_listen=\"127.0.0.1:0\"".into()]);
+    let f = spawn_forward(&args);
+    f.logged("forward connection failed");
+    let (mut rx, _) = receiver_on(
+        &format!("127.0.0.1:{port}"),
+        &out,
+        &["--set", "receive.idle_timeout=\"1s\""],
+    );
+    let up = f.logged("output connected again after failures");
+    let v = json_value(&up);
+    assert!(v["fields"]["tries"].as_u64().unwrap_or(0) >= 1, "{up}");
+    assert!(v["fields"]["down_for_ms"].as_u64().is_some(), "{up}");
+    wait_lines(&out, 50);
+    // Idle for longer than the receiver's idle_timeout: it closes, the
+    // output reconnects, and that is counted.
+    wait_metrics(http_port(&f), "a reconnect after an idle closure", |t| {
+        metric(
+            t,
+            "audit_forwarder_reconnects_total",
+            "output=\"default\",reason=\"closed_by_server\"",
+        ) >= 1.0
+    });
+    let after = f.log_copy.lock().unwrap().len();
+    rx.kill9();
+    api.write(10);
+    let first = loop {
+        let logs = f.log_copy.lock().unwrap().clone();
+        if let Some(l) = logs[after..]
+            .iter()
+            .find(|l| l.contains("forward connection failed"))
+        {
+            break l.clone();
+        }
+        drop(logs);
+        f.wait_log("forward connection failed");
+    };
+    assert_eq!(json_value(&first)["fields"]["suppressed"], 0, "{first}");
+}
+
+#[test]
+fn text_logs_have_no_colour_codes_off_a_terminal() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out.jsonl");
+    let (_rx, port) = receiver(&out, &[]);
+    let log = d.path().join("audit.log");
+    ApiServerLog::new(&log, 37, Mix::Metadata).write(5);
+    let o = std::process::Command::new(BIN)
+        .args(["--log-format", "text", "--log-level", "info"])
+        .args(forward_args(&log, &d.path().join("state"), port))
+        .arg("--oneshot")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("output connected"), "{err}");
+    assert!(!err.contains('\x1b'), "ANSI escapes in piped logs:\n{err}");
+}

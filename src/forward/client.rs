@@ -23,6 +23,18 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+/// How a session ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessionEnd {
+    /// Everything sent and acknowledged, or shutting down.
+    Done,
+    /// Round-robin: on to the next server.
+    Rebalance,
+    /// The server closed the connection with nothing in flight (idle
+    /// timeout, keepalive off).
+    Closed,
+}
+
 /// How long an orderly close may take (TLS close_notify, FIN).
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -177,6 +189,10 @@ pub struct Client {
     shutdown: watch::Receiver<bool>,
     connected: watch::Sender<bool>,
     warn: RateLimit,
+    /// Since when and after how many failed tries the destination is
+    /// unreachable (`None` while connected).
+    down: Option<(Instant, u32)>,
+    ever_connected: bool,
     /// Index of the server in use (0: the primary).
     current: usize,
     /// Servers that failed recently, skipped until then.
@@ -225,6 +241,8 @@ impl Client {
             shutdown,
             connected,
             warn: RateLimit::default(),
+            down: None,
+            ever_connected: false,
             current: 0,
             down_until: Vec::new(),
         }
@@ -265,8 +283,23 @@ impl Client {
             let _ = self.connected.send(false);
             self.m.set_connected(false);
             match r {
-                Ok(()) => continue,
+                Ok(end) => {
+                    // A session that ended with more to do is reconnected:
+                    // count it (the server closed an idle connection, or
+                    // round-robin moves on).
+                    let more =
+                        !(self.input_closed && self.queue.is_empty()) && !self.shutting_down();
+                    match end {
+                        SessionEnd::Closed if more => self.m.reconnect("closed_by_server"),
+                        SessionEnd::Rebalance if more => self.m.reconnect("rebalance"),
+                        _ => {}
+                    }
+                    continue;
+                }
                 Err(e) => {
+                    let (since, tries) = self.down.get_or_insert((Instant::now(), 0));
+                    *tries += 1;
+                    let _ = since;
                     match &e {
                         SessionError::Connect(_) | SessionError::Proxy(_) => {
                             self.m.connect_error(e.reason())
@@ -405,11 +438,11 @@ impl Client {
     }
 
     /// One connection's life. `Ok` when there is nothing left to do.
-    async fn session(&mut self, backoff: &mut Backoff) -> Result<(), SessionError> {
+    async fn session(&mut self, backoff: &mut Backoff) -> Result<SessionEnd, SessionError> {
         let mut sd = self.shutdown.clone();
         let mut stream = tokio::select! {
             s = self.connect() => s?,
-            _ = crate::stopped(&mut sd) => return Ok(()),
+            _ = crate::stopped(&mut sd) => return Ok(SessionEnd::Done),
         };
         let mut rbuf: Vec<u8> = Vec::with_capacity(4096);
         let mut keepalive = true;
@@ -420,7 +453,19 @@ impl Client {
         }
         // keepalive false (spec §HELO): the server closes after each message.
         let max_in_flight = if keepalive { self.cfg.max_in_flight } else { 1 };
-        debug!(server = %self.server_addr(), "connected");
+        match self.down.take() {
+            Some((since, tries)) => info!(
+                server = %self.server_addr(),
+                down_for_ms = since.elapsed().as_millis() as u64,
+                tries,
+                "output connected again after failures"
+            ),
+            None if !self.ever_connected => info!(server = %self.server_addr(), "output connected"),
+            None => debug!(server = %self.server_addr(), "connected"),
+        }
+        self.ever_connected = true;
+        // The next failure is news: log it at once.
+        self.warn = RateLimit::default();
         let _ = self.connected.send(true);
         self.m.set_connected(true);
         let mut acked_here = false;
@@ -445,7 +490,7 @@ impl Client {
         let end = loop {
             if self.input_closed && self.queue.is_empty() {
                 let _ = wr.flush().await;
-                break Ok(());
+                break Ok(SessionEnd::Done);
             }
             if self.shutting_down() {
                 if !self.input_closed {
@@ -465,7 +510,7 @@ impl Client {
                     });
                 }
                 if self.unacked() == 0 {
-                    break Ok(());
+                    break Ok(SessionEnd::Done);
                 }
             }
             let in_flight = self
@@ -485,7 +530,7 @@ impl Client {
             let rotating = acked_here && rebalance_at.is_some_and(|t| Instant::now() >= t);
             if rotating && in_flight == 0 {
                 debug!(server = %self.server_addr(), "rebalancing to the next server");
-                break Ok(());
+                break Ok(SessionEnd::Rebalance);
             }
             let can_take = !rotating
                 && !self.input_closed
@@ -499,7 +544,7 @@ impl Client {
                         // A close with nothing in flight after progress is
                         // normal (keepalive false, idle timeouts): reconnect.
                         let waiting = self.queue.iter().any(|s| matches!(s.state, State::Sent(_)));
-                        if acked_here && !waiting { break Ok(()) }
+                        if acked_here && !waiting { break Ok(SessionEnd::Closed) }
                         return Err(SessionError::Closed);
                     }
                     acked_here |= self.read_acks(&mut rbuf)?;

@@ -59,6 +59,13 @@ impl Default for RateLimit {
     }
 }
 
+/// Colour (ANSI escapes) only on a terminal, and not when `NO_COLOR` is
+/// set to anything but "" (no-color.org): container logs and log pipelines
+/// get plain text.
+fn colour(stderr_is_tty: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    stderr_is_tty && no_color.is_none_or(|v| v.is_empty())
+}
+
 /// Log output format.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize,
@@ -72,11 +79,16 @@ pub enum LogFormat {
 /// Installs the global tracing subscriber (logs go to stderr: stdout carries
 /// the receiver's events).
 pub fn init(level: &str, format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR"),
+        ))
         .with_target(false);
     let _ = match format {
         LogFormat::Text => b.try_init(),
@@ -106,5 +118,13 @@ mod tests {
             [Some(0), Some(0), Some(0), None, None]
         );
         assert_eq!(r.suppressed, 2);
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some("".into())));
+        assert!(!colour(true, Some("1".into())));
+        assert!(!colour(false, None));
     }
 }
