@@ -616,6 +616,9 @@ pub struct ReceiveSection {
     /// metadata], record]`) into its JSON line under this top-level key;
     /// unset or empty: dropped.
     pub metadata_key: Option<String>,
+    /// Write the Forward tag of each record into its JSON line under this
+    /// top-level key; unset or empty: not written.
+    pub tag_key: Option<String>,
     /// Require the Forward handshake with this shared key.
     pub shared_key: Option<String>,
     /// With `shared_key`: also require one of these users.
@@ -649,6 +652,7 @@ impl Default for ReceiveSection {
             idle_timeout: Duration::from_secs(600),
             dedupe_window: 4096,
             metadata_key: None,
+            tag_key: None,
             shared_key: None,
             users: Vec::new(),
             self_hostname: None,

@@ -226,3 +226,14 @@ fn file_output_rotates_by_size_between_messages() {
     assert_eq!(cur, vec!["{\"k\":14}".to_string()]);
     assert!(!d.path().join("out.jsonl.3").exists());
 }
+
+/// `receive.tag_key`: the Forward tag of each record in its line (off by
+/// default, as before).
+#[test]
+fn the_forward_tag_is_written_under_tag_key() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out.jsonl");
+    let (_rx, port) = receiver(&out, &["--set", "receive.tag_key=\"tag\""]);
+    send_acked(port, 7, "tagged");
+    assert_eq!(read_lines(&out), vec![r#"{"k":7,"tag":"t"}"#.to_string()]);
+}

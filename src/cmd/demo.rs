@@ -41,6 +41,7 @@ async fn receiver(
             idle_timeout: Duration::from_secs(60),
             dedupe_window: 4096,
             metadata_key: None,
+            tag_key: None,
             output: Output::File(out.to_path_buf()),
             security: None,
             tls: None,

@@ -139,6 +139,7 @@ impl Connection {
         let decoder = message::Decoder {
             max_decompressed: self.shared.cfg.max_decompressed_bytes,
             metadata_key: self.shared.cfg.metadata_key.as_deref(),
+            tag_key: self.shared.cfg.tag_key.as_deref(),
         };
         let Some(d) = decoder.decode(frame, &mut out)? else {
             self.out = out;

@@ -92,6 +92,9 @@ pub struct Decoder<'k> {
     /// Write an entry's non-empty metadata under this top-level key
     /// (`receive.metadata_key`); `None`: drop it.
     pub metadata_key: Option<&'k str>,
+    /// Write the message's Forward tag under this top-level key
+    /// (`receive.tag_key`); `None`: not written.
+    pub tag_key: Option<&'k str>,
 }
 
 /// Decodes `frame` (one complete msgpack value), appending one JSON line per
@@ -103,7 +106,7 @@ pub fn decode<'a>(
 ) -> Result<Option<Decoded<'a>>, MessageError> {
     Decoder {
         max_decompressed,
-        metadata_key: None,
+        ..Decoder::default()
     }
     .decode(frame, out)
 }
@@ -149,7 +152,7 @@ impl Decoder<'_> {
                 let k = r.read_array_len()?;
                 let mut events = 0;
                 for _ in 0..k {
-                    events += self.entry(&mut r, out)?;
+                    events += self.entry(&mut r, tag, out)?;
                 }
                 let opts = if n >= 3 {
                     Options::read(&mut r)?
@@ -173,12 +176,12 @@ impl Decoder<'_> {
                     Options::default()
                 };
                 match opts.compressed {
-                    None => (Mode::PackedForward, self.stream(entries, out)?, opts),
+                    None => (Mode::PackedForward, self.stream(entries, tag, out)?, opts),
                     Some(b"gzip") => {
                         let plain = self.gunzip(entries)?;
                         (
                             Mode::CompressedPackedForward,
-                            self.stream(&plain, out)?,
+                            self.stream(&plain, tag, out)?,
                             opts,
                         )
                     }
@@ -204,7 +207,7 @@ impl Decoder<'_> {
                 } else {
                     Options::default()
                 };
-                self.record(rec, opts.metadata, out)?;
+                self.record(rec, opts.metadata, tag, out)?;
                 (Mode::Message, 1, opts)
             }
         };
@@ -231,18 +234,23 @@ impl Decoder<'_> {
     }
 
     /// A MessagePackEventStream: entries back to back.
-    fn stream(&self, bytes: &[u8], out: &mut Vec<u8>) -> Result<u64, MessageError> {
+    fn stream(&self, bytes: &[u8], tag: &[u8], out: &mut Vec<u8>) -> Result<u64, MessageError> {
         let mut r = MsgReader::new(bytes);
         let mut n = 0;
         while !r.is_empty() {
-            n += self.entry(&mut r, out)?;
+            n += self.entry(&mut r, tag, out)?;
         }
         Ok(n)
     }
 
     /// One entry, `[time, record]` (spec §Entry) or `[[time, metadata],
     /// record]`; returns the records written (0 for a group marker).
-    fn entry(&self, r: &mut MsgReader<'_>, out: &mut Vec<u8>) -> Result<u64, MessageError> {
+    fn entry(
+        &self,
+        r: &mut MsgReader<'_>,
+        tag: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<u64, MessageError> {
         if r.read_array_len()? != 2 {
             return Err(MessageError::Shape(
                 "entry is not [time, record] or [[time, metadata], record]",
@@ -274,33 +282,43 @@ impl Decoder<'_> {
         if meta.is_some() && t.is_some_and(|(s, ns)| s >= GROUP_END && ns == 0) {
             return Ok(0);
         }
-        self.record(&bytes[at..r.pos()], meta, out)?;
+        self.record(&bytes[at..r.pos()], meta, tag, out)?;
         Ok(1)
     }
 
-    /// One record as a JSON line, with its metadata under the configured
-    /// key when there is any.
+    /// One record as a JSON line, with its metadata and its message's tag
+    /// under the configured keys (a record that is not a map gets neither).
     fn record(
         &self,
         rec: &[u8],
         meta: Option<&[u8]>,
+        tag: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), MessageError> {
         let start = out.len();
         json::write_value(&mut MsgReader::new(rec), out)?;
-        if let (Some(key), Some(meta)) = (self.metadata_key, meta)
-            && !is_empty_map(meta)
-            && out.len() >= start + 2
-            && out[start] == b'{'
-            && out.last() == Some(&b'}')
-        {
+        let is_map = out.len() >= start + 2 && out[start] == b'{' && out.last() == Some(&b'}');
+        let add = |key: &str, out: &mut Vec<u8>| {
             out.pop();
             if out.len() > start + 1 {
                 out.push(b',');
             }
             json::write_str(out, key.as_bytes());
             out.push(b':');
+        };
+        if let (Some(key), Some(meta)) = (self.metadata_key, meta)
+            && is_map
+            && !is_empty_map(meta)
+        {
+            add(key, out);
             json::write_value(&mut MsgReader::new(meta), out)?;
+            out.push(b'}');
+        }
+        if let Some(key) = self.tag_key
+            && is_map
+        {
+            add(key, out);
+            json::write_str(out, tag);
             out.push(b'}');
         }
         out.push(b'\n');
@@ -589,7 +607,7 @@ mod tests {
                 crate::forward::protocol::frame::Frame::Complete(f.len())
             );
             let mut out = Vec::new();
-            let d = Decoder { max_decompressed: 1 << 20, metadata_key: Some("_m") }
+            let d = Decoder { max_decompressed: 1 << 20, metadata_key: Some("_m"), tag_key: None }
                 .decode(&f, &mut out)
                 .unwrap()
                 .unwrap();

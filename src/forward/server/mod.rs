@@ -29,6 +29,8 @@ pub struct ServerConfig {
     pub dedupe_window: usize,
     /// Write each entry's Forward metadata under this key (`None`: drop).
     pub metadata_key: Option<String>,
+    /// Write each record's Forward tag under this key (`None`: not written).
+    pub tag_key: Option<String>,
     pub output: Output,
     /// Require the handshake (spec §Handshake Messages).
     pub security: Option<crate::forward::auth::ServerSecurity>,
