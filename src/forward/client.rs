@@ -287,8 +287,8 @@ impl Client {
                     // A session that ended with more to do is reconnected:
                     // count it (the server closed an idle connection, or
                     // round-robin moves on).
-                    let more =
-                        !(self.input_closed && self.queue.is_empty()) && !self.shutting_down();
+                    let drained = self.input_closed && self.queue.is_empty();
+                    let more = !(drained || self.shutting_down());
                     match end {
                         SessionEnd::Closed if more => self.m.reconnect("closed_by_server"),
                         SessionEnd::Rebalance if more => self.m.reconnect("rebalance"),
