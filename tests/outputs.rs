@@ -231,3 +231,42 @@ fn env_vars_override_the_file_and_flags_override_env() {
         .contains("/from/flag")
     );
 }
+
+/// `generate completions SHELL` and `generate man`, from the clap
+/// definitions: a bash script bash accepts, naming every subcommand, and a
+/// roff man page.
+#[test]
+fn completions_and_man_page_are_generated() {
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new(BIN).args(args).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let bash = run(&["generate", "completions", "bash"]);
+    for sub in [
+        "forward", "receive", "check", "policy", "filter", "demo", "generate",
+    ] {
+        assert!(
+            bash.contains(sub),
+            "{sub} missing from the bash completions"
+        );
+    }
+    let d = tempfile::tempdir().unwrap();
+    let script = d.path().join("audit-forwarder.bash");
+    std::fs::write(&script, &bash).unwrap();
+    let syntax = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .status()
+        .unwrap();
+    assert!(syntax.success(), "bash -n rejected the completion script");
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        assert!(
+            !run(&["generate", "completions", shell]).is_empty(),
+            "{shell}"
+        );
+    }
+    let man = run(&["generate", "man"]);
+    assert!(man.contains(".TH audit-forwarder 1"), "{man:.200}");
+    assert!(man.contains("receive"), "{man:.400}");
+}

@@ -736,3 +736,100 @@ fn a_filter_that_needs_json_gets_it_from_items_built_without() {
     assert_eq!(out["probe"], "tag", "{out}");
     assert_eq!(out["auditID"], "a-1");
 }
+
+/// `filter test` gives each filter its own config (`--config N:KEY=VALUE`)
+/// and shows each filter's decision; `--config FILE --output NAME` runs
+/// exactly that output's policy and chain, each filter with the config the
+/// file gives it.
+#[test]
+fn filter_test_runs_an_outputs_chain_with_each_filters_config() {
+    let add = guest("add_cluster_id");
+    let drop = guest("drop_read_only");
+    let input = events(85, 40).join("\n") + "\n";
+    let (rc, out, err) = filter_test(
+        &[add.clone(), add.clone()],
+        &["cluster=\"a\"", "2:cluster=\"b\"", "2:field=\"second\""],
+        &input,
+    );
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!(out.len(), 40);
+    for v in &out {
+        assert_eq!(v["event"]["clusterID"], "a", "{v}");
+        assert_eq!(v["event"]["second"], "b", "{v}");
+        let fs: Vec<&str> = v["filters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["result"].as_str().unwrap())
+            .collect();
+        assert_eq!(fs, ["changed", "changed"], "{v}");
+    }
+    let (rc, _, err) = filter_test(&[add.clone()], &["3:cluster=\"x\""], &input);
+    assert_ne!(rc, 0);
+    assert!(err.contains("no --wasm number 3"), "{err}");
+
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("forwarder.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"[[outputs]]
+name = "owner"
+policy = "minimal"
+filters = [
+  {{ wasm = {drop:?}, name = "drop-reads" }},
+  {{ wasm = {add:?}, name = "tag", config = {{ cluster = "shoot--x" }} }},
+]
+"#
+        ),
+    )
+    .unwrap();
+    let o = Command::new(BIN)
+        .args(["filter", "test", "--config"])
+        .arg(&cfg)
+        .args(["--output", "owner"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(input.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out: Vec<Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(json_value)
+        .collect();
+    assert_eq!(out.len(), 40);
+    let mut kept = 0;
+    for v in &out {
+        match v["policy"].as_str() {
+            Some("drop") | Some("drop (omitted stage)") => {
+                assert_eq!(v["result"], "drop", "{v}");
+                assert!(v["filters"].as_array().unwrap().is_empty(), "{v}");
+            }
+            Some(_) => {
+                let names: Vec<&str> = v["filters"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|f| f["filter"].as_str().unwrap())
+                    .collect();
+                assert_eq!(names.first(), Some(&"drop-reads"), "{v}");
+                if v["result"] != "drop" {
+                    kept += 1;
+                    assert_eq!(names, ["drop-reads", "tag"], "{v}");
+                    assert_eq!(v["event"]["clusterID"], "shoot--x", "{v}");
+                }
+            }
+            None => panic!("no policy decision with --output: {v}"),
+        }
+    }
+    assert!(
+        kept > 0,
+        "the minimal policy keeps some of 40 realistic events"
+    );
+}

@@ -38,21 +38,43 @@ pub enum Command {
     /// Develop and try WebAssembly filters.
     #[command(subcommand)]
     Filter(FilterCommand),
+    /// Shell completions and the man page, generated from these definitions.
+    #[command(subcommand)]
+    Generate(GenerateCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GenerateCommand {
+    /// Print a completion script: `audit-forwarder generate completions bash
+    /// > /etc/bash_completion.d/audit-forwarder`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `audit-forwarder generate man > audit-forwarder.1`.
+    Man,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum FilterCommand {
-    /// Run a filter over events (JSON lines from a file or stdin) and print
-    /// one JSON line per event: its result (keep, changed, drop) and the
-    /// event as it would be forwarded. Exits non-zero if a filter cannot be
-    /// loaded or fails.
+    /// Run filters over events (JSON lines from a file or stdin) and print
+    /// one JSON line per event: each filter's decision (keep, changed,
+    /// drop), the result and the event as it would be forwarded. Either
+    /// `--wasm` filters, or `--config FILE --output NAME`: exactly that
+    /// output's policy and filter chain, each filter with its own config.
+    /// Exits non-zero if a filter cannot be loaded or fails.
     Test {
         /// The filter component (.wasm); repeat for a chain.
-        #[arg(long, required = true)]
+        #[arg(long, required_unless_present = "output", conflicts_with = "output")]
         wasm: Vec<PathBuf>,
-        /// A config value, `key=value` (TOML value, else a string); repeatable.
-        #[arg(long = "config", value_name = "KEY=VALUE")]
+        /// With `--wasm`: a filter config value, `[N:]KEY=VALUE` (TOML value,
+        /// else a string; `N:` for the Nth `--wasm` only, from 1; else every
+        /// filter); repeatable. With `--output`: the configuration file.
+        #[arg(long = "config", value_name = "[N:]KEY=VALUE|FILE")]
         config: Vec<String>,
+        /// Run this output of the `--config` file: its policy and filters.
+        #[arg(long, requires = "config")]
+        output: Option<String>,
         /// Events per call.
         #[arg(long, default_value_t = 64)]
         batch: usize,

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod demo;
 pub mod filter;
 pub mod forward;
+pub mod generate;
 pub mod policy;
 pub mod receive;
 
@@ -25,6 +26,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check(a) => check::run(a),
         Command::Policy(c) => policy::run(&cli, c),
         Command::Filter(c) => filter::run(&cli, c),
+        Command::Generate(g) => generate::run(g),
         Command::Demo(a) => {
             init_tool_logging(&cli, "warn");
             demo::run(a.events, a.show, a.filter.clone()).await?;
