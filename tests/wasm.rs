@@ -764,7 +764,7 @@ fn filter_test_runs_an_outputs_chain_with_each_filters_config() {
             .collect();
         assert_eq!(fs, ["changed", "changed"], "{v}");
     }
-    let (rc, _, err) = filter_test(&[add.clone()], &["3:cluster=\"x\""], &input);
+    let (rc, _, err) = filter_test(std::slice::from_ref(&add), &["3:cluster=\"x\""], &input);
     assert_ne!(rc, 0);
     assert!(err.contains("no --wasm number 3"), "{err}");
 
