@@ -683,6 +683,23 @@ pub fn load(file: Option<&Path>, sets: &[String]) -> Result<Config, ConfigError>
         }
         fig = fig.merge(Toml::file_exact(p));
     }
+    let cfg = extract(fig, sets)?;
+    validate(&cfg)?;
+    Ok(cfg)
+}
+
+/// Like [`load`] from the text of a file, without [`validate`] (`check`
+/// reports [`problems`] itself).
+pub fn load_unvalidated(text: Option<&str>, sets: &[String]) -> Result<Config, ConfigError> {
+    let mut fig = Figment::new();
+    if let Some(t) = text {
+        fig = fig.merge(Toml::string(t));
+    }
+    extract(fig, sets)
+}
+
+/// The file (in `fig`), then `AUDIT_*` variables, then `--set`s.
+fn extract(mut fig: Figment, sets: &[String]) -> Result<Config, ConfigError> {
     fig = fig.merge(Env::prefixed("AUDIT_").split("__"));
     for s in sets {
         let (k, v) = s
@@ -718,7 +735,6 @@ pub fn load(file: Option<&Path>, sets: &[String]) -> Result<Config, ConfigError>
     if cfg.outputs.is_empty() {
         cfg.outputs.push(OutputSection::default());
     }
-    validate(&cfg)?;
     Ok(cfg)
 }
 
@@ -757,7 +773,29 @@ fn explain(e: figment::Error) -> ConfigError {
 
 /// Checks that cannot be expressed in types.
 pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
+    let errs = problems(cfg);
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid(errs.join("; ")))
+    }
+}
+
+/// Every problem [`validate`] finds, each as `key: problem`.
+pub fn problems(cfg: &Config) -> Vec<String> {
     let mut errs = Vec::new();
+    let listens = [
+        ("http_listen", cfg.http_listen.as_deref()),
+        ("receive.listen", Some(cfg.receive.listen.as_str())),
+        ("webhook.listen", cfg.webhook.listen.as_deref()),
+    ];
+    for (key, addr) in listens {
+        if let Some(a) = addr
+            && let Err(e) = listen_address(a)
+        {
+            errs.push(format!("{key}: {a:?} {e}"));
+        }
+    }
     let mut names = std::collections::HashSet::new();
     for (i, o) in cfg.outputs.iter().enumerate() {
         if o.name.is_empty()
@@ -881,11 +919,23 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
             ));
         }
     }
-    if errs.is_empty() {
-        Ok(())
-    } else {
-        Err(ConfigError::Invalid(errs.join("; ")))
+    errs
+}
+
+/// `HOST:PORT` (`[::1]:PORT` for IPv6) with a port from 0 to 65535.
+fn listen_address(a: &str) -> Result<(), &'static str> {
+    let (host, port) = a
+        .rsplit_once(':')
+        .ok_or("is not HOST:PORT (e.g. \"127.0.0.1:24224\")")?;
+    port.parse::<u16>()
+        .map_err(|_| "has no port from 0 to 65535 after the last ':'")?;
+    if host.is_empty() {
+        return Err("has no host before the port (use 0.0.0.0 for every address)");
     }
+    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+        return Err("has an IPv6 address without brackets (write [::1]:PORT)");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -290,7 +290,7 @@ fn check_validates_certificates_and_keys() {
     assert_eq!(bad.status.code(), Some(2), "{err}");
     assert!(err.contains("tls_ca_file = /nonexistent/ca.crt"), "{err}");
     assert!(
-        err.contains("receive:") && err.contains("tls_cert_file/tls_key_file"),
+        err.contains("receive.tls_cert_file:") && err.contains("tls_cert_file/tls_key_file"),
         "{err}"
     );
 }
