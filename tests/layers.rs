@@ -1,6 +1,6 @@
 //! The source tree's dependency rule (docs/ARCHITECTURE.md, "Layers"):
 //! commands → pipeline → stages → record, one way. Reads every `crate::`
-//! path in `src/` (outside `#[cfg(test)]` modules) and fails on an edge
+//! path in `src/` (outside `#[cfg(test)]` modules and `tests.rs` files) and fails on an edge
 //! that points up or sideways between stages, and on a cycle between
 //! modules.
 
@@ -157,7 +157,11 @@ fn graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
             let p = e.unwrap().path();
             if p.is_dir() {
                 stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "rs") && !p.ends_with("main.rs") {
+            } else if p.extension().is_some_and(|x| x == "rs")
+                && !p.ends_with("main.rs")
+                // A `#[cfg(test)] mod tests;` in a file of its own.
+                && !p.ends_with("tests.rs")
+            {
                 let full = module_of(src, &p);
                 let m = two_levels(&full);
                 let text = std::fs::read_to_string(&p).unwrap();
