@@ -36,8 +36,10 @@ pub struct Checkpoint {
     pub file: FileRecord,
     pub offset: u64,
     /// The file had been rotated and `offset` is its end: nothing in it is
-    /// unread, so its later deletion is no gap.
-    #[serde(default)]
+    /// unread, so its later deletion is no gap. Written only when true, so
+    /// most checkpoints stay readable by earlier versions (which refuse
+    /// unknown fields).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub complete: bool,
 }
 
@@ -233,5 +235,32 @@ mod tests {
             Checkpoint::load(&p),
             Err(CheckpointError::Parse { .. })
         ));
+    }
+
+    /// `complete` is set from the file's final length (a rotated file read
+    /// to its end) and written only when true.
+    #[test]
+    fn complete_marks_a_rotated_file_read_to_its_end() {
+        let f = Arc::new(FileInfo::new("/x/audit.log".into(), 1, 2, false));
+        f.note_head(0, b"{\"a\":1}\n");
+        let mid = Checkpoint::from_position(&Position {
+            file: f.clone(),
+            offset: 4,
+        });
+        assert!(!mid.complete);
+        assert!(!serde_json::to_string(&mid).unwrap().contains("complete"));
+        f.set_final_len(8);
+        let end = Checkpoint::from_position(&Position {
+            file: f.clone(),
+            offset: 8,
+        });
+        assert!(end.complete);
+        let text = serde_json::to_string(&end).unwrap();
+        assert!(text.contains("\"complete\":true"), "{text}");
+        assert_eq!(serde_json::from_str::<Checkpoint>(&text).unwrap(), end);
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("cp.json");
+        mid.save(&p).unwrap();
+        assert_eq!(Checkpoint::load(&p).unwrap(), Some(mid));
     }
 }
