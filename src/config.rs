@@ -33,6 +33,9 @@ pub struct Config {
     /// /readyz stays ready this long after the last destination was lost.
     #[serde(with = "humantime_serde")]
     pub readiness_grace: Duration,
+    /// Files holding audit content created 0640 and directories 0750
+    /// (else 0600 and 0700).
+    pub group_readable: bool,
     pub tail: TailSection,
     pub outputs: Vec<OutputSection>,
     /// Shorthand for settings of `outputs[0]` (env and flags use it).
@@ -52,6 +55,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(10),
             http_listen: None,
             readiness_grace: Duration::from_secs(30),
+            group_readable: false,
             tail: TailSection::default(),
             outputs: Vec::new(),
             output: None,

@@ -237,3 +237,26 @@ fn the_forward_tag_is_written_under_tag_key() {
     send_acked(port, 7, "tagged");
     assert_eq!(read_lines(&out), vec![r#"{"k":7,"tag":"t"}"#.to_string()]);
 }
+
+/// Files holding audit content are created 0600 (0640 with
+/// `group_readable = true`); the forwarder's state directory 0700.
+#[test]
+fn audit_files_are_created_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out.jsonl");
+    let (_rx, port) = receiver(&out, &[]);
+    send_acked(port, 1, "m1");
+    assert_eq!(mode(&out), 0o600);
+    let shared = d.path().join("shared.jsonl");
+    let (_rx2, port2) = receiver(&shared, &["--set", "group_readable=true"]);
+    send_acked(port2, 2, "m2");
+    assert_eq!(mode(&shared), 0o640);
+    let log = d.path().join("audit.log");
+    std::fs::write(&log, "{\"kind\":\"Event\",\"auditID\":\"a\"}\n").unwrap();
+    let state = d.path().join("state");
+    oneshot(&log, &state, port, &[]);
+    assert_eq!(mode(&state), 0o700);
+    assert_eq!(mode(&state.join("checkpoint-default.json")), 0o600);
+}

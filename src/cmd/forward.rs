@@ -203,6 +203,10 @@ async fn start_webhook(
         max_body_bytes: w.max_body_bytes,
         token: w.bearer_token_file.clone().map(webhook::TokenFile::new),
         metrics: m,
+        warn: std::sync::Mutex::new(crate::ops::logging::RateLimit::with_burst(
+            10,
+            std::time::Duration::from_secs(10),
+        )),
     });
     let l = webhook::bind(addr).await?;
     tokio::spawn(webhook::serve(l, tls, st, sd));

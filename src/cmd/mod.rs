@@ -35,8 +35,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Logging of the long-running commands: flags over the configuration.
+/// Logging of the long-running commands: flags over the configuration;
+/// also the modes of the files they create.
 fn init_logging(cli: &Cli, cfg: &Config) {
+    crate::ops::files::set_group_readable(cfg.group_readable);
     let level = cli
         .log_level
         .clone()

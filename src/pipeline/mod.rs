@@ -72,9 +72,11 @@ pub async fn run(
     metrics: &Metrics,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Vec<Report>, PipelineError> {
-    std::fs::create_dir_all(&cfg.state_dir).map_err(|source| PipelineError::StateDir {
-        path: cfg.state_dir.clone(),
-        source,
+    crate::ops::files::create_dir_all(&cfg.state_dir).map_err(|source| {
+        PipelineError::StateDir {
+            path: cfg.state_dir.clone(),
+            source,
+        }
     })?;
     // Every output stops on `shutdown`, or when one of them must stop.
     let (stop_all, all_rx) = watch::channel(false);

@@ -132,7 +132,12 @@ impl Checkpoint {
         };
         let tmp = path.with_extension("json.tmp");
         let body = serde_json::to_vec_pretty(self).map_err(|e| err(std::io::Error::other(e)))?;
-        let mut f = std::fs::File::create(&tmp).map_err(err)?;
+        let mut f = crate::ops::files::options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(err)?;
         let r = f.write_all(&body).and_then(|_| f.sync_all());
         if let Err(e) = r {
             let _ = std::fs::remove_file(&tmp);

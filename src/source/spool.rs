@@ -7,7 +7,7 @@
 
 use super::checkpoint::Checkpoint;
 use super::files::candidates;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
@@ -48,9 +48,9 @@ impl Spool {
             path: dir.to_path_buf(),
             source,
         };
-        std::fs::create_dir_all(dir).map_err(io)?;
+        crate::ops::files::create_dir_all(dir).map_err(io)?;
         let path = dir.join(LIVE);
-        let mut file = OpenOptions::new()
+        let mut file = crate::ops::files::options()
             .create(true)
             .read(true)
             .append(true)
@@ -148,7 +148,7 @@ impl Spool {
             }
         }
         std::fs::rename(self.dir.join(LIVE), self.dir.join(&name)).map_err(io)?;
-        let file = OpenOptions::new()
+        let file = crate::ops::files::options()
             .create(true)
             .read(true)
             .append(true)

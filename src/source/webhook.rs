@@ -36,6 +36,8 @@ pub struct Webhook {
     pub max_body_bytes: usize,
     pub token: Option<TokenFile>,
     pub metrics: WebhookMetrics,
+    /// Per-connection refusals: the first 10 of each 10 s, then a count.
+    pub warn: Mutex<crate::ops::logging::RateLimit>,
 }
 
 /// A bearer token read from a file, re-read when the file changes.
@@ -403,6 +405,9 @@ pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
 impl Observer for Webhook {
     fn refused(&self, reason: &'static str) {
         self.metrics.rejected(reason);
+    }
+    fn allow_log(&self) -> Option<u64> {
+        self.warn.lock().ok().and_then(|mut w| w.allow())
     }
 }
 

@@ -30,6 +30,12 @@ pub trait Observer: Send + Sync + 'static {
     fn opened(&self) {}
     /// An accepted connection ended (after its handler, or a TLS failure).
     fn closed(&self) {}
+    /// May a per-connection refusal be logged now? `Some(n)`: yes, `n`
+    /// were held back since the last one (a flood of bad connections must
+    /// not flood the log).
+    fn allow_log(&self) -> Option<u64> {
+        Some(0)
+    }
 }
 
 /// A bound listener and how to accept on it.
@@ -95,7 +101,9 @@ impl Listener {
                     Ok(p) => p,
                     Err(_) => {
                         obs.refused("too_many_connections");
-                        warn!(%peer, max = self.max_connections, "{}: connection refused: {} reached", self.name, self.limit_key);
+                        if let Some(n) = obs.allow_log() {
+                            warn!(%peer, max = self.max_connections, suppressed = n, "{}: connection refused: {} reached", self.name, self.limit_key);
+                        }
                         drop(sock);
                         continue;
                     }
@@ -116,13 +124,17 @@ impl Listener {
                         Ok(Ok(s)) => Box::new(s),
                         Ok(Err(e)) => {
                             obs.refused("tls");
-                            warn!(%peer, error = %e, "{name}: TLS handshake failed");
+                            if let Some(n) = obs.allow_log() {
+                                warn!(%peer, error = %e, suppressed = n, "{name}: TLS handshake failed");
+                            }
                             obs.closed();
                             return;
                         }
                         Err(_) => {
                             obs.refused("tls");
-                            warn!(%peer, "{name}: TLS handshake timed out");
+                            if let Some(n) = obs.allow_log() {
+                                warn!(%peer, suppressed = n, "{name}: TLS handshake timed out");
+                            }
                             obs.closed();
                             return;
                         }

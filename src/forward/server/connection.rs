@@ -50,6 +50,8 @@ pub struct Connection {
     shared: Arc<Shared>,
     buf: Vec<u8>,
     start: usize,
+    /// Where measuring the frame at `start` got to (resumed on each read).
+    measurer: frame::Measurer,
     /// The JSON lines of one message, reused from message to message.
     out: Vec<u8>,
 }
@@ -70,6 +72,7 @@ impl Connection {
             shared,
             buf: Vec::with_capacity(64 * 1024),
             start: 0,
+            measurer: frame::Measurer::default(),
             out: Vec::new(),
         }
     }
@@ -95,20 +98,22 @@ impl Connection {
             crate::forward::auth::server(&mut self.stream, &sec, t, &mut self.buf).await?;
         }
         loop {
-            let need =
-                match frame::measure(&self.buf[self.start..], self.shared.cfg.max_frame_bytes)? {
-                    Frame::Complete(n) => {
-                        let (s, e) = (self.start, self.start + n);
-                        self.start = e;
-                        self.handle(s, e).await?;
-                        if self.start == self.buf.len() {
-                            self.buf.clear();
-                            self.start = 0;
-                        }
-                        continue;
+            let need = match self
+                .measurer
+                .feed(&self.buf[self.start..], self.shared.cfg.max_frame_bytes)?
+            {
+                Frame::Complete(n) => {
+                    let (s, e) = (self.start, self.start + n);
+                    self.start = e;
+                    self.handle(s, e).await?;
+                    if self.start == self.buf.len() {
+                        self.buf.clear();
+                        self.start = 0;
                     }
-                    Frame::Incomplete(n) => n,
-                };
+                    continue;
+                }
+                Frame::Incomplete(n) => n,
+            };
             if self.start > 0 {
                 self.buf.drain(..self.start);
                 self.start = 0;

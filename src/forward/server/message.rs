@@ -199,15 +199,14 @@ impl Decoder<'_> {
                     return Err(MessageError::Shape("message mode needs time and record"));
                 }
                 time(&mut r)?;
-                let rec_at = r.pos();
-                r.skip_value()?;
-                let rec = &frame[rec_at..r.pos()];
+                let start = out.len();
+                json::write_value(&mut r, out)?;
                 let opts = if n >= 4 {
                     Options::read(&mut r)?
                 } else {
                     Options::default()
                 };
-                self.record(rec, opts.metadata, tag, out)?;
+                self.finish(start, opts.metadata, tag, out)?;
                 (Mode::Message, 1, opts)
             }
         };
@@ -277,26 +276,28 @@ impl Decoder<'_> {
             }
             _ => time(r)?,
         };
-        let at = r.pos();
-        r.skip_value()?;
         if meta.is_some() && t.is_some_and(|(s, ns)| s >= GROUP_END && ns == 0) {
+            r.skip_value()?;
             return Ok(0);
         }
-        self.record(&bytes[at..r.pos()], meta, tag, out)?;
+        // Straight from the frame (one pass; the JSON writer's block scans
+        // may read past a string within the frame).
+        let start = out.len();
+        json::write_value(r, out)?;
+        self.finish(start, meta, tag, out)?;
         Ok(1)
     }
 
-    /// One record as a JSON line, with its metadata and its message's tag
-    /// under the configured keys (a record that is not a map gets neither).
-    fn record(
+    /// Ends the record written from `start` as a JSON line, with its
+    /// metadata and its message's tag under the configured keys (a record
+    /// that is not a map gets neither).
+    fn finish(
         &self,
-        rec: &[u8],
+        start: usize,
         meta: Option<&[u8]>,
         tag: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), MessageError> {
-        let start = out.len();
-        json::write_value(&mut MsgReader::new(rec), out)?;
         let is_map = out.len() >= start + 2 && out[start] == b'{' && out.last() == Some(&b'}');
         let add = |key: &str, out: &mut Vec<u8>| {
             out.pop();

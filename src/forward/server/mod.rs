@@ -66,6 +66,9 @@ impl Observer for Shared {
     fn closed(&self) {
         self.m.connections_active.dec();
     }
+    fn allow_log(&self) -> Option<u64> {
+        self.warn.lock().ok().and_then(|mut w| w.allow())
+    }
 }
 
 impl Server {

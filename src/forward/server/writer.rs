@@ -59,7 +59,7 @@ struct Rotating {
 
 impl Rotating {
     fn open(path: PathBuf, max_bytes: u64, keep: usize) -> std::io::Result<Self> {
-        let file = std::fs::OpenOptions::new()
+        let file = crate::ops::files::options()
             .create(true)
             .append(true)
             .open(&path)?;
@@ -117,7 +117,7 @@ impl Writer {
         let mut sink: Box<dyn Sink> = match &output {
             Output::Stdout => Box::new(Plain(Box::new(std::io::stdout()))),
             Output::File(p) => Box::new(Plain(Box::new(
-                std::fs::OpenOptions::new()
+                crate::ops::files::options()
                     .create(true)
                     .append(true)
                     .open(p)?,
