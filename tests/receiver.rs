@@ -260,3 +260,43 @@ fn audit_files_are_created_private() {
     assert_eq!(mode(&state), 0o700);
     assert_eq!(mode(&state.join("checkpoint-default.json")), 0o600);
 }
+
+/// A flood of refused connections does not flood the log: the first 10 of
+/// each 10 s in full, then a count; every one is counted by reason.
+#[test]
+fn refusals_are_counted_each_and_logged_in_moderation() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out.jsonl");
+    let (rx, port) = receiver(
+        &out,
+        &[
+            "--set",
+            "receive.max_connections=1",
+            "--set",
+            "http_listen=\"127.0.0.1:0\"",
+        ],
+    );
+    let hp = http_port(&rx);
+    let mut a = connect(port);
+    a.write_all(&[0xc0]).unwrap();
+    for _ in 0..40 {
+        assert!(closed_by_server(connect(port)));
+    }
+    wait_metrics(hp, "40 refusals", |m| {
+        metric(
+            m,
+            "audit_forwarder_receiver_rejected_frames_total",
+            "reason=\"too_many_connections\"",
+        ) == 40.0
+    });
+    let logged = rx
+        .all_logs()
+        .lines()
+        .filter(|l| l.contains("max_connections reached"))
+        .count();
+    assert!(
+        (1..=10).contains(&logged),
+        "{logged} refusal lines for 40 refusals"
+    );
+    drop(a);
+}
