@@ -30,6 +30,8 @@ fn writer_bin() -> &'static Path {
             .arg("writer.go")
             .current_dir(root.join("tests/lumberjack"))
             .env("GO111MODULE", "off")
+            // No per-user Go settings (and no need for $HOME).
+            .env("GOENV", "off")
             .env("GOPATH", "/usr/share/gocode")
             .env("GOCACHE", dir.join("cache"))
             .output()
