@@ -91,26 +91,10 @@ fn uses(code: &str) -> BTreeSet<String> {
             continue; // `crate::stopped` and other root items
         }
         let after = &rest[first.len()..];
-        let second: Vec<String> = if let Some(g) = after.strip_prefix("::{") {
-            g.split('}')
-                .next()
-                .unwrap_or("")
-                .split(',')
-                .map(|s| s.trim().split("::").next().unwrap_or("").trim().to_string())
-                .collect()
-        } else if let Some(s) = after.strip_prefix("::") {
-            vec![
-                s.chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect(),
-            ]
-        } else {
-            vec![]
-        };
-        let mods: Vec<&String> = second
-            .iter()
-            .filter(|s| s.chars().next().is_some_and(|c| c.is_ascii_lowercase()) && *s != "self")
-            .collect();
+        let mods = after
+            .strip_prefix("::")
+            .map(module_names)
+            .unwrap_or_default();
         if mods.is_empty() {
             out.insert(first.clone());
         }
@@ -121,29 +105,35 @@ fn uses(code: &str) -> BTreeSet<String> {
     out
 }
 
+/// The module names a path continues with after `x::`: `{a, b::C}` gives
+/// `a`, `b`; `a::f` gives `a`; items (uppercase) and `self` are left out.
+fn module_names(after: &str) -> Vec<String> {
+    let names: Vec<String> = if let Some(g) = after.strip_prefix('{') {
+        g.split('}')
+            .next()
+            .unwrap_or("")
+            .split(',')
+            .map(|s| s.trim().split("::").next().unwrap_or("").trim().to_string())
+            .collect()
+    } else {
+        vec![
+            after
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect(),
+        ]
+    };
+    names
+        .into_iter()
+        .filter(|n| n.chars().next().is_some_and(|c| c.is_ascii_lowercase()) && n != "self")
+        .collect()
+}
+
 /// The lowercase names after `super::` (modules of the parent).
 fn supers(code: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for part in code.split("super::").skip(1) {
-        let names: Vec<String> = if let Some(g) = part.strip_prefix('{') {
-            g.split('}')
-                .next()
-                .unwrap_or("")
-                .split(',')
-                .map(|s| s.trim().split("::").next().unwrap_or("").trim().to_string())
-                .collect()
-        } else {
-            vec![
-                part.chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect(),
-            ]
-        };
-        out.extend(
-            names.into_iter().filter(|n| {
-                n.chars().next().is_some_and(|c| c.is_ascii_lowercase()) && n != "self"
-            }),
-        );
+        out.extend(module_names(part));
     }
     out
 }

@@ -142,17 +142,10 @@ impl Chain {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::encode::Transcoder;
     use crate::record::json::record_json;
     use crate::record::splice::splice;
 
-    fn enc(json: &str) -> Vec<u8> {
-        let mut out = Vec::new();
-        Transcoder::default()
-            .encode(json.as_bytes(), &mut out)
-            .unwrap();
-        out
-    }
+    use crate::record::encode::encoded as enc;
 
     /// Regression: the scratch buffer was not cleared between values, so a
     /// second value decoded as the first (and `replace` records were

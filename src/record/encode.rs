@@ -852,6 +852,16 @@ fn finish_container(out: &mut Vec<u8>, hdr: usize, count: u32, map: bool) -> usi
     }
 }
 
+/// Test helper: the msgpack record of a JSON object (panics on invalid JSON).
+#[cfg(test)]
+pub(crate) fn encoded(json: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    Transcoder::default()
+        .encode(json.as_bytes(), &mut out)
+        .expect("valid JSON object");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

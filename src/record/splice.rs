@@ -205,13 +205,7 @@ mod tests {
     use crate::record::encode::Transcoder;
     use crate::record::json::record_json;
 
-    fn enc(json: &str) -> Vec<u8> {
-        let mut out = Vec::new();
-        Transcoder::default()
-            .encode(json.as_bytes(), &mut out)
-            .unwrap();
-        out
-    }
+    use crate::record::encode::encoded as enc;
 
     #[test]
     fn splice_replaces_in_place_and_appends() {
