@@ -150,6 +150,23 @@ pub struct WebhookSection {
     pub bearer_token_file: Option<PathBuf>,
     /// Larger bodies get 413 (the apiserver's batches are a few MB).
     pub max_body_bytes: usize,
+    /// Request bodies held at once, across connections; over it a request
+    /// gets 503 with Retry-After (the apiserver retries it).
+    pub memory_budget_bytes: usize,
+    /// Open connections; when full, the oldest one that has not completed a
+    /// request yet is closed to admit a new one.
+    pub max_connections: usize,
+    /// Open connections from one source address.
+    pub max_connections_per_address: usize,
+    /// Requests parsed and spooled at once (the others wait, holding no
+    /// permit while their bodies arrive).
+    pub max_concurrent_requests: usize,
+    /// TLS handshake and request headers must arrive within this time.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// A body in progress must arrive at this many bytes per second,
+    /// measured over 10 s windows (slowloris); 0 turns it off.
+    pub min_transfer_rate: u64,
     /// Default: `<state_dir>/spool`.
     pub spool_dir: Option<PathBuf>,
     /// Accepted but not yet acknowledged by every output; above it new
@@ -172,6 +189,12 @@ impl Default for WebhookSection {
             allow_plaintext: false,
             bearer_token_file: None,
             max_body_bytes: 32 << 20,
+            memory_budget_bytes: 256 << 20,
+            max_connections: 1024,
+            max_connections_per_address: 256,
+            max_concurrent_requests: 16,
+            handshake_timeout: Duration::from_secs(10),
+            min_transfer_rate: 1024,
             spool_dir: None,
             spool_max_bytes: 1 << 30,
             spool_file_bytes: 64 << 20,
@@ -611,7 +634,26 @@ pub struct ReceiveSection {
     pub output_keep_files: usize,
     pub max_frame_bytes: usize,
     pub max_decompressed_bytes: usize,
+    /// Open connections in all. When full, the oldest connection that has
+    /// not authenticated yet is closed to admit a new one.
     pub max_connections: usize,
+    /// Open connections from one source address (same eviction rule).
+    pub max_connections_per_address: usize,
+    /// Memory held for peers across all connections: partial frames,
+    /// decompressed messages, their JSON. Unauthenticated connections share
+    /// at most half of it. At least twice `max_frame_bytes`.
+    pub memory_budget_bytes: usize,
+    /// TLS handshake, and the Forward handshake when `shared_key` is set.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Without `shared_key` or client certificates: a connection must send
+    /// its first message within this time.
+    #[serde(with = "humantime_serde")]
+    pub first_message_timeout: Duration,
+    /// A message in progress must arrive at this many bytes per second,
+    /// measured over 10 s windows (slowloris); 0 turns it off.
+    pub min_transfer_rate: u64,
+    /// A connection with nothing in progress is closed after this long.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// How many recent chunk ids are remembered to drop resent duplicates.
@@ -653,6 +695,11 @@ impl Default for ReceiveSection {
             max_frame_bytes: 16 << 20,
             max_decompressed_bytes: 64 << 20,
             max_connections: 1024,
+            max_connections_per_address: 128,
+            memory_budget_bytes: 256 << 20,
+            handshake_timeout: Duration::from_secs(10),
+            first_message_timeout: Duration::from_secs(60),
+            min_transfer_rate: 1024,
             idle_timeout: Duration::from_secs(600),
             dedupe_window: 4096,
             metadata_key: None,
@@ -799,6 +846,25 @@ pub fn problems(cfg: &Config) -> Vec<String> {
         {
             errs.push(format!("{key}: {a:?} {e}"));
         }
+    }
+    let r = &cfg.receive;
+    if r.memory_budget_bytes < 2 * r.max_frame_bytes {
+        errs.push(format!(
+            "receive.memory_budget_bytes: {} is less than twice receive.max_frame_bytes ({}): an unauthenticated client could not send one whole frame",
+            r.memory_budget_bytes, r.max_frame_bytes
+        ));
+    }
+    if r.max_connections == 0 || r.max_connections_per_address == 0 {
+        errs.push(
+            "receive.max_connections, receive.max_connections_per_address: must be > 0".into(),
+        );
+    }
+    let w = &cfg.webhook;
+    if w.memory_budget_bytes < w.max_body_bytes {
+        errs.push(format!(
+            "webhook.memory_budget_bytes: {} is less than webhook.max_body_bytes ({})",
+            w.memory_budget_bytes, w.max_body_bytes
+        ));
     }
     let mut names = std::collections::HashSet::new();
     for (i, o) in cfg.outputs.iter().enumerate() {

@@ -25,6 +25,12 @@ fn connect(port: u16) -> TcpStream {
 /// Sends a message and reads its ack.
 fn send_acked(port: u16, v: u8, chunk: &str) {
     let mut s = connect(port);
+    acked(&mut s, v, chunk);
+}
+
+/// Sends a message on `s` and reads its ack (the connection has then
+/// proven itself: it is no longer evicted for others).
+fn acked(s: &mut TcpStream, v: u8, chunk: &str) {
     s.write_all(&message(v, chunk)).unwrap();
     let mut ack = vec![0u8; 6 + chunk.len()];
     s.read_exact(&mut ack).unwrap();
@@ -157,17 +163,66 @@ fn connections_over_the_limit_are_refused_and_counted() {
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("out.jsonl");
     let (rx, port) = receiver(&out, &["--set", "receive.max_connections=2"]);
-    let a = connect(port);
-    let b = connect(port);
-    // Make sure both are accepted before the third one.
-    let mut a2 = a.try_clone().unwrap();
-    a2.write_all(&[0xc0]).unwrap(); // heartbeat
-    let mut b2 = b.try_clone().unwrap();
-    b2.write_all(&[0xc0]).unwrap();
+    let mut a = connect(port);
+    let mut b = connect(port);
+    // Both proven (one message each): neither is evicted for a third.
+    acked(&mut a, 1, "a1");
+    acked(&mut b, 2, "b1");
     let c = connect(port);
     rx.wait_log("max_connections reached");
     assert!(closed_by_server(c));
     drop((a, b));
+}
+
+/// Unauthenticated connections that never sent a message are closed,
+/// oldest first, to admit new ones: idle connections cannot keep a real
+/// client out, whatever the limit.
+#[test]
+fn idle_connections_are_evicted_for_new_ones_oldest_first() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out.jsonl");
+    let (rx, port) = receiver(
+        &out,
+        &[
+            "--set",
+            "receive.max_connections=3",
+            "--set",
+            "http_listen=\"127.0.0.1:0\"",
+        ],
+    );
+    let hp = http_port(&rx);
+    let mut proven = connect(port);
+    acked(&mut proven, 1, "p1");
+    let idle1 = connect(port);
+    let idle2 = connect(port);
+    wait_metrics(hp, "3 connections", |m| {
+        metric(m, "audit_forwarder_receiver_connections_active", "") == 3.0
+    });
+    // A fourth evicts idle1 (the oldest unproven), a fifth idle2.
+    let mut c2 = connect(port);
+    acked(&mut c2, 2, "c2");
+    assert!(closed_by_server(idle1));
+    let mut c3 = connect(port);
+    acked(&mut c3, 3, "c3");
+    assert!(closed_by_server(idle2));
+    acked(&mut proven, 4, "p2");
+    let m = wait_metrics(hp, "2 evictions", |m| {
+        metric(
+            m,
+            "audit_forwarder_receiver_rejected_frames_total",
+            "reason=\"evicted\"",
+        ) == 2.0
+    });
+    assert_eq!(
+        metric(
+            &m,
+            "audit_forwarder_receiver_rejected_frames_total",
+            "reason=\"too_many_connections\""
+        ),
+        0.0
+    );
+    let got: Vec<String> = read_lines(&out);
+    assert_eq!(got, ["{\"k\":1}", "{\"k\":2}", "{\"k\":3}", "{\"k\":4}"]);
 }
 
 #[test]
@@ -278,7 +333,7 @@ fn refusals_are_counted_each_and_logged_in_moderation() {
     );
     let hp = http_port(&rx);
     let mut a = connect(port);
-    a.write_all(&[0xc0]).unwrap();
+    acked(&mut a, 1, "a1");
     for _ in 0..40 {
         assert!(closed_by_server(connect(port)));
     }

@@ -190,9 +190,11 @@ async fn start_webhook(
     let m = metrics.webhook();
     m.spool_bytes.set(spool.used() as i64);
     let tls = match w.server_tls() {
-        Some(t) => Some(Arc::new(
-            crate::transport::tls::ReloadingAcceptor::new(t).context("webhook TLS")?,
-        )),
+        Some(t) => {
+            let proves = t.client_ca_file.is_some();
+            let acc = crate::transport::tls::ReloadingAcceptor::new(t).context("webhook TLS")?;
+            Some((Arc::new(acc), proves))
+        }
         None => {
             warn!(listen = %addr, "webhook without TLS (allow_plaintext = true): use only on loopback or behind TLS termination");
             None
@@ -201,6 +203,14 @@ async fn start_webhook(
     let st = Arc::new(webhook::Webhook {
         spool: Arc::new(std::sync::Mutex::new(spool)),
         max_body_bytes: w.max_body_bytes,
+        budget: crate::transport::limits::Budget::new(w.memory_budget_bytes),
+        processing: tokio::sync::Semaphore::new(w.max_concurrent_requests.max(1)),
+        limits: webhook::WebhookLimits {
+            max_connections: w.max_connections,
+            max_connections_per_address: w.max_connections_per_address,
+            handshake_timeout: w.handshake_timeout,
+            min_transfer_rate: w.min_transfer_rate,
+        },
         token: w.bearer_token_file.clone().map(webhook::TokenFile::new),
         metrics: m,
         warn: std::sync::Mutex::new(crate::ops::logging::RateLimit::with_burst(

@@ -64,20 +64,35 @@ async fn read_frame(
 ) -> Result<usize, AuthError> {
     let deadline = tokio::time::Instant::now() + t;
     let mut first = true;
+    let mut m = frame::Measurer::default();
+    let mut chunk = [0u8; 4096];
     loop {
-        if let Frame::Complete(n) = frame::measure(buf, 64 * 1024)? {
+        if let Frame::Complete(n) = m.feed(buf, MAX_HANDSHAKE_FRAME)? {
             return Ok(n);
         }
-        let r = tokio::time::timeout_at(deadline, s.read_buf(buf)).await;
+        // Small reads into a tightly sized buffer: a handshake holds at
+        // most MAX_HANDSHAKE_FRAME + 4 KiB for a peer not yet authenticated.
+        let r = tokio::time::timeout_at(deadline, s.read(&mut chunk)).await;
         match r {
             Err(_) if first && buf.is_empty() => return Err(no_data),
             Err(_) => return Err(AuthError::Timeout(t)),
             Ok(Ok(0)) => return Err(AuthError::Closed),
-            Ok(Ok(_)) => first = false,
+            Ok(Ok(n)) => {
+                first = false;
+                buf.reserve_exact(n);
+                buf.extend_from_slice(&chunk[..n]);
+            }
             Ok(Err(e)) => return Err(e.into()),
         }
     }
 }
+
+/// The largest handshake message accepted (HELO, PING and PONG are a few
+/// hundred bytes).
+pub const MAX_HANDSHAKE_FRAME: usize = 64 * 1024;
+
+/// What the handshake may hold of a connection's memory.
+pub const HANDSHAKE_BUFFER: usize = MAX_HANDSHAKE_FRAME + 4096;
 
 /// Client side. Returns the server's keepalive flag; bytes read past the
 /// PONG stay in `buf`.

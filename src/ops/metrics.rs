@@ -65,6 +65,7 @@ struct Families {
     recv_rejected: Counters,
     recv_dedupe: Counters,
     recv_bytes: Counters,
+    recv_memory_held: Gauges,
     webhook_requests: Counters,
     webhook_events: Counters,
     webhook_rejected: Counters,
@@ -236,6 +237,8 @@ pub struct ReceiverMetrics {
     pub acks: Counter,
     pub dedupe_hits: Counter,
     pub bytes: Counter,
+    /// Bytes held for peers now (`receive.memory_budget_bytes` bounds it).
+    pub memory_held: Gauge,
     messages: Counters,
     rejected: Counters,
 }
@@ -330,6 +333,7 @@ impl Metrics {
             "receiver_rejected_frames", "Frames or connections rejected, by reason", recv_rejected;
             "receiver_dedupe_hits", "Resent chunks recognised and not written twice", recv_dedupe;
             "receiver_bytes", "Bytes received", recv_bytes;
+            "receiver_memory_held_bytes", "Bytes held for peers (partial frames, decompression, JSON) across connections", recv_memory_held;
             "webhook_requests", "Webhook requests answered, by HTTP status code", webhook_requests;
             "webhook_events", "Audit events accepted by the webhook and spooled", webhook_events;
             "webhook_rejected", "Webhook requests refused, by reason", webhook_rejected;
@@ -394,6 +398,7 @@ impl Metrics {
             acks: f.recv_acks.get_or_create(&vec![]).clone(),
             dedupe_hits: f.recv_dedupe.get_or_create(&vec![]).clone(),
             bytes: f.recv_bytes.get_or_create(&vec![]).clone(),
+            memory_held: f.recv_memory_held.get_or_create(&vec![]).clone(),
             messages: f.recv_messages.clone(),
             rejected: f.recv_rejected.clone(),
         }

@@ -10,10 +10,11 @@
 
 use super::spool::{Spool, SpoolError};
 use crate::ops::metrics::WebhookMetrics;
-use crate::transport::listen::{self, Listener, Observer, WhenFull};
+use crate::transport::limits::{Budget, Held, MinRate};
+use crate::transport::listen::{self, Listener, Observer, Slot};
 use crate::transport::tls::ReloadingAcceptor;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
 use serde::Deserialize;
@@ -27,17 +28,28 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-/// Concurrent connections served; more wait in the listen backlog.
-const MAX_CONNECTIONS: usize = 256;
-
 /// What the endpoint needs.
 pub struct Webhook {
     pub spool: Arc<Mutex<Spool>>,
     pub max_body_bytes: usize,
+    /// Bodies held at once, across connections.
+    pub budget: Arc<Budget>,
+    /// Requests being parsed and spooled; taken only once a body is in.
+    pub processing: tokio::sync::Semaphore,
+    pub limits: WebhookLimits,
     pub token: Option<TokenFile>,
     pub metrics: WebhookMetrics,
     /// Per-connection refusals: the first 10 of each 10 s, then a count.
     pub warn: Mutex<crate::ops::logging::RateLimit>,
+}
+
+/// Connection limits and deadlines (`webhook.*`).
+#[derive(Debug, Clone, Copy)]
+pub struct WebhookLimits {
+    pub max_connections: usize,
+    pub max_connections_per_address: usize,
+    pub handshake_timeout: Duration,
+    pub min_transfer_rate: u64,
 }
 
 /// A bearer token read from a file, re-read when the file changes.
@@ -204,6 +216,15 @@ pub fn to_lines(body: &[u8], out: &mut Vec<u8>) -> Result<usize, Refusal> {
     }
 }
 
+/// The memory budget is held by other requests: retry.
+fn busy() -> Refusal {
+    refuse(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "memory_budget",
+        "webhook.memory_budget_bytes is held by other requests; retry later",
+    )
+}
+
 fn status(code: StatusCode, reason: &str, message: &str) -> Response<Full<Bytes>> {
     let ok = code.is_success();
     let body = serde_json::json!({
@@ -231,6 +252,7 @@ fn k8s_reason(code: StatusCode) -> &'static str {
         400 => "BadRequest",
         401 => "Unauthorized",
         405 => "MethodNotAllowed",
+        408 => "Timeout",
         413 => "RequestEntityTooLarge",
         415 => "UnsupportedMediaType",
         429 => "TooManyRequests",
@@ -241,7 +263,7 @@ fn k8s_reason(code: StatusCode) -> &'static str {
 
 impl Webhook {
     /// Checks, reads, parses and spools one request.
-    async fn accept(&self, req: Request<Incoming>) -> Result<usize, Refusal> {
+    async fn accept(&self, req: Request<Incoming>, slot: &Slot) -> Result<usize, Refusal> {
         if req.method() != Method::POST {
             return Err(refuse(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -272,6 +294,7 @@ impl Webhook {
                     "a valid bearer token is required",
                 ));
             }
+            slot.prove();
         }
         if let Some(ct) = req
             .headers()
@@ -303,27 +326,26 @@ impl Webhook {
         if declared.is_some_and(|n| n > self.max_body_bytes as u64) {
             return Err(too_large());
         }
-        let body = Limited::new(req.into_body(), self.max_body_bytes)
-            .collect()
+        let held = self.budget.account();
+        if slot.is_proven() {
+            held.prove();
+        }
+        let body = self
+            .read_body(req.into_body(), declared, &held)
             .await
-            .map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    too_large()
-                } else {
-                    refuse(
-                        StatusCode::BAD_REQUEST,
-                        "read_error",
-                        format!("reading the body: {e}"),
-                    )
-                }
-            })?
-            .to_bytes();
+            .map_err(|e| e.unwrap_or_else(too_large))?;
+        // The lines are about as large as the body: charged before parsing.
+        if !held.try_set(body.capacity() + body.len() + 1024) {
+            return Err(busy());
+        }
+        let _permit = self.processing.acquire().await.map_err(|_| busy())?;
         let spool = self.spool.clone();
         let m = self.metrics.clone();
-        tokio::task::spawn_blocking(move || {
+        let r = tokio::task::spawn_blocking(move || {
             let mut lines = Vec::with_capacity(body.len() + 1024);
             let n = to_lines(&body, &mut lines)?;
             drop(body);
+            drop(held);
             if n == 0 {
                 return Ok(0);
             }
@@ -356,15 +378,79 @@ impl Webhook {
                 "spool_error",
                 format!("internal: {e}"),
             )
-        })?
+        })?;
+        if r.is_ok() {
+            slot.prove();
+        }
+        r
+    }
+
+    /// Reads a body of at most `max_body_bytes`, charged to the budget as it
+    /// grows, arriving at `min_transfer_rate` or faster. `Err(None)`: too
+    /// large.
+    async fn read_body(
+        &self,
+        mut body: Incoming,
+        declared: Option<u64>,
+        held: &Held,
+    ) -> Result<Vec<u8>, Option<Refusal>> {
+        let max = self.max_body_bytes;
+        let mut buf: Vec<u8> = Vec::new();
+        let first = declared.map_or(64 * 1024, |n| n as usize).min(max);
+        if !held.try_set(first) {
+            return Err(Some(busy()));
+        }
+        buf.reserve_exact(first);
+        let rate_limit = self.limits.min_transfer_rate;
+        let mut rate = MinRate::new(rate_limit, Duration::from_secs(10));
+        rate.progress(0, std::time::Instant::now());
+        loop {
+            let next = body.frame();
+            let frame = match rate.deadline() {
+                Some(d) => tokio::time::timeout_at(d.into(), next).await.map_err(|_| {
+                    Some(refuse(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "slow_body",
+                        format!("the body arrived slower than webhook.min_transfer_rate ({rate_limit} bytes/s over 10 s)"),
+                    ))
+                })?,
+                None => next.await,
+            };
+            let Some(frame) = frame else { break };
+            let frame = frame.map_err(|e| {
+                Some(refuse(
+                    StatusCode::BAD_REQUEST,
+                    "read_error",
+                    format!("reading the body: {e}"),
+                ))
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            let len = buf.len() + data.len();
+            if len > max {
+                return Err(None);
+            }
+            if len > buf.capacity() {
+                let cap = len.max(2 * buf.capacity()).min(max);
+                if !held.try_set(cap) {
+                    return Err(Some(busy()));
+                }
+                buf.reserve_exact(cap - buf.len());
+            }
+            buf.extend_from_slice(&data);
+            rate.progress(data.len(), std::time::Instant::now());
+        }
+        Ok(buf)
     }
 
     async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: String,
+        slot: Arc<Slot>,
     ) -> Result<Response<Full<Bytes>>, Infallible> {
-        let r = self.accept(req).await;
+        let r = self.accept(req, &slot).await;
         let resp = match r {
             Ok(n) => {
                 self.metrics.events.inc_by(n as u64);
@@ -414,32 +500,38 @@ impl Observer for Webhook {
 /// Serves until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
-    tls: Option<Arc<ReloadingAcceptor>>,
+    tls: Option<(Arc<ReloadingAcceptor>, bool)>,
     st: Arc<Webhook>,
     shutdown: watch::Receiver<bool>,
 ) {
+    let lim = st.limits;
     let l = Listener {
         name: "webhook source",
-        limit_key: "the webhook's connection limit",
+        limit_key: "webhook.max_connections",
         listener,
-        tls,
-        max_connections: MAX_CONNECTIONS,
-        when_full: WhenFull::Wait,
-        tls_timeout: Duration::from_secs(30),
+        tls_proves: tls.as_ref().is_some_and(|t| t.1),
+        tls: tls.map(|t| t.0),
+        max_connections: lim.max_connections,
+        max_per_address: lim.max_connections_per_address,
+        handshake_timeout: lim.handshake_timeout,
         nodelay: false,
     };
     let obs = st.clone();
-    l.serve(obs, shutdown, move |stream, peer, mut sd| {
+    l.serve(obs, shutdown, move |a| {
         let st = st.clone();
         async move {
-            let peer = peer.to_string();
+            let peer = a.peer.to_string();
             let p = peer.clone();
-            let svc = hyper::service::service_fn(move |req| st.clone().handle(req, p.clone()));
+            let slot = Arc::new(a.slot);
+            let svc = hyper::service::service_fn(move |req| {
+                st.clone().handle(req, p.clone(), slot.clone())
+            });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+                .header_read_timeout(lim.handshake_timeout)
+                .serve_connection(hyper_util::rt::TokioIo::new(a.stream), svc);
             tokio::pin!(conn);
+            let mut sd = a.shutdown;
             tokio::select! {
                 r = conn.as_mut() => if let Err(e) = r { debug!(%peer, error = %e, "webhook connection ended") },
                 _ = crate::stopped(&mut sd) => {

@@ -1,7 +1,9 @@
 //! Byte streams to a Forward server: plain TCP, or a tunnel through an HTTP
 //! CONNECT proxy; TLS to the server wraps either (the same [`Stream`] type).
-//! The servers' side: [`listen`], the one accept loop.
+//! The servers' side: [`listen`], the one accept loop, and [`limits`], what
+//! a server holds for peers it does not trust.
 
+pub mod limits;
 pub mod listen;
 pub mod proxy;
 pub mod tcp;

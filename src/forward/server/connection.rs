@@ -6,8 +6,12 @@ use super::message::{self, MessageError};
 use crate::forward::protocol::encode_ack;
 use crate::forward::protocol::frame::{self, Frame, FrameError};
 use crate::transport::Stream;
+use crate::transport::limits::{Held, MinRate};
+use crate::transport::listen::Slot;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
 use tracing::debug;
 
 #[derive(Debug, thiserror::Error)]
@@ -17,7 +21,19 @@ pub enum ConnError {
     #[error("{0}")]
     Message(#[from] MessageError),
     #[error("idle for {0:?}; closing")]
-    Idle(std::time::Duration),
+    Idle(Duration),
+    #[error(
+        "no complete message within receive.first_message_timeout ({0:?}) of connecting, unauthenticated"
+    )]
+    FirstMessage(Duration),
+    #[error(
+        "a message in progress arrived slower than receive.min_transfer_rate ({0} bytes/s over 10 s)"
+    )]
+    Slow(u64),
+    #[error(
+        "receive.memory_budget_bytes ({0} bytes) is held by other connections; closing this {1} one"
+    )]
+    Budget(usize, &'static str),
     #[error("connection closed in the middle of a message ({0} bytes pending)")]
     Truncated(usize),
     #[error("i/o: {0}")]
@@ -35,6 +51,9 @@ impl ConnError {
             ConnError::Frame(FrameError::Reserved) => "malformed",
             ConnError::Message(m) => m.reason(),
             ConnError::Idle(_) => "idle_timeout",
+            ConnError::FirstMessage(_) => "first_message_timeout",
+            ConnError::Slow(_) => "slow_transfer",
+            ConnError::Budget(..) => "memory_budget",
             ConnError::Truncated(_) => "truncated",
             ConnError::Io(_) => "io",
             ConnError::Output(_) => "output",
@@ -54,6 +73,13 @@ pub struct Connection {
     measurer: frame::Measurer,
     /// The JSON lines of one message, reused from message to message.
     out: Vec<u8>,
+    /// This connection's slot (proven: not evicted for others).
+    slot: Slot,
+    /// What it holds of the memory budget: `buf`, `out`, decompression.
+    held: Held,
+    /// The message in progress must keep arriving.
+    rate: MinRate,
+    accepted: Instant,
 }
 
 /// A message's JSON buffer is kept for the next message up to this
@@ -61,19 +87,37 @@ pub struct Connection {
 /// only the pages written count in RSS.
 const KEEP_OUT_BYTES: usize = 4 << 20;
 
+/// The read buffer is kept for the next message up to this capacity.
+const KEEP_BUF_BYTES: usize = 4 << 20;
+
+/// Bytes asked of the socket per read beyond what the frame needs.
+const READ_BYTES: usize = 64 * 1024;
+
+/// The same for a connection that has not proven itself yet.
+const FIRST_READ_BYTES: usize = 1024;
+
 /// How long an orderly close may take.
-const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Connection {
-    pub fn new(stream: Stream, peer: String, shared: Arc<Shared>) -> Self {
+    pub fn new(stream: Stream, peer: String, shared: Arc<Shared>, slot: Slot) -> Self {
+        let held = shared.budget.account();
+        if slot.is_proven() {
+            held.prove(); // a verified client certificate
+        }
+        let rate = MinRate::new(shared.cfg.min_transfer_rate, Duration::from_secs(10));
         Connection {
             stream,
             peer,
             shared,
-            buf: Vec::with_capacity(64 * 1024),
+            buf: Vec::new(),
             start: 0,
             measurer: frame::Measurer::default(),
             out: Vec::new(),
+            slot,
+            held,
+            rate,
+            accepted: Instant::now(),
         }
     }
 
@@ -82,20 +126,78 @@ impl Connection {
     /// close_notify, then FIN (fluent-bit 5.1 logs an error without it).
     pub async fn run(mut self) -> Result<(), ConnError> {
         let r = self.serve().await;
+        self.buf = Vec::new();
+        self.out = Vec::new();
+        self.held.force_set(0);
+        self.publish();
         if !matches!(r, Err(ConnError::Io(_))) {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.stream.shutdown()).await;
         }
         r
     }
 
+    /// Authenticated, or (with no authentication configured) one message
+    /// decoded: no longer evicted, and the whole memory budget is open to it.
+    fn prove(&self) {
+        self.slot.prove();
+        self.held.prove();
+    }
+
+    fn publish(&self) {
+        let b = self.held.budget();
+        self.shared.m.memory_held.set(b.used() as i64);
+    }
+
+    /// Charges `buf` and `out` as they are (memory already allocated).
+    fn recharge(&self) {
+        self.held
+            .force_set(self.buf.capacity() + self.out.capacity());
+        self.publish();
+    }
+
+    /// Grows the read buffer to `cap` bytes, charged to the budget first.
+    /// An unproven connection that finds no room is closed; a proven one
+    /// stops reading until memory is returned (at most `idle_timeout`).
+    async fn room(&mut self, cap: usize) -> Result<(), ConnError> {
+        if self.buf.capacity() >= cap {
+            return Ok(());
+        }
+        let total = cap + self.out.capacity();
+        if !self.held.try_set(total) {
+            let kind = if self.held.is_proven() {
+                "authenticated"
+            } else {
+                "unauthenticated"
+            };
+            let limit = self.held.budget().limit();
+            if !self.held.is_proven() {
+                return Err(ConnError::Budget(limit, kind));
+            }
+            self.shared.m.rejected("memory_budget_wait");
+            let until = Instant::now() + self.shared.cfg.idle_timeout;
+            if !self.held.wait_set(total, until).await {
+                return Err(ConnError::Budget(limit, kind));
+            }
+            // Not reading was this side's doing: a new rate window.
+            self.rate.restart(Instant::now().into_std());
+        }
+        self.buf.reserve_exact(cap - self.buf.len());
+        self.recharge();
+        Ok(())
+    }
+
     async fn serve(&mut self) -> Result<(), ConnError> {
         if let Some(sec) = self.shared.cfg.security.clone() {
-            let t = self
-                .shared
-                .cfg
-                .idle_timeout
-                .min(std::time::Duration::from_secs(30));
+            if !self.held.try_set(crate::forward::auth::HANDSHAKE_BUFFER) {
+                return Err(ConnError::Budget(
+                    self.held.budget().limit(),
+                    "unauthenticated",
+                ));
+            }
+            let t = self.shared.cfg.handshake_timeout;
             crate::forward::auth::server(&mut self.stream, &sec, t, &mut self.buf).await?;
+            self.prove();
+            self.recharge();
         }
         loop {
             let need = match self
@@ -109,6 +211,11 @@ impl Connection {
                     if self.start == self.buf.len() {
                         self.buf.clear();
                         self.start = 0;
+                        self.rate.idle();
+                        if self.buf.capacity() > KEEP_BUF_BYTES {
+                            self.buf = Vec::new();
+                        }
+                        self.recharge();
                     }
                     continue;
                 }
@@ -118,13 +225,20 @@ impl Connection {
                 self.buf.drain(..self.start);
                 self.start = 0;
             }
-            self.buf
-                .reserve(need.saturating_sub(self.buf.len()).max(64 * 1024));
-            let idle = self.shared.cfg.idle_timeout;
-            let n = match tokio::time::timeout(idle, self.stream.read_buf(&mut self.buf)).await {
-                Err(_) => return Err(ConnError::Idle(idle)),
-                Ok(r) => r?,
+            // Geometric growth (no quadratic copying), from a small first
+            // read for a peer that has not proven itself (idle connections
+            // hold almost nothing), bounded by the frame limit.
+            let len = self.buf.len();
+            let step = if self.slot.is_proven() {
+                READ_BYTES
+            } else {
+                FIRST_READ_BYTES
             };
+            let cap = need
+                .max(len + step.max(len))
+                .min(need.max(self.shared.cfg.max_frame_bytes + step));
+            self.room(cap).await?;
+            let n = self.read().await?;
             if n == 0 {
                 if self.buf.is_empty() {
                     debug!(peer = %self.peer, "connection closed");
@@ -133,6 +247,32 @@ impl Connection {
                 return Err(ConnError::Truncated(self.buf.len()));
             }
             self.shared.m.bytes.inc_by(n as u64);
+        }
+    }
+
+    /// One read, within the deadline that applies: the first message's
+    /// (unproven), the transfer rate's (a message in progress), or idle.
+    async fn read(&mut self) -> Result<usize, ConnError> {
+        let cfg = &self.shared.cfg;
+        let now = Instant::now();
+        let pending = !self.buf.is_empty();
+        let (mut deadline, mut why) = match self.rate.deadline().filter(|_| pending) {
+            Some(d) => (Instant::from_std(d), ConnError::Slow(cfg.min_transfer_rate)),
+            None => (now + cfg.idle_timeout, ConnError::Idle(cfg.idle_timeout)),
+        };
+        if !self.slot.is_proven() {
+            let first = self.accepted + cfg.first_message_timeout;
+            if first < deadline {
+                (deadline, why) = (first, ConnError::FirstMessage(cfg.first_message_timeout));
+            }
+        }
+        match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
+            Err(_) => Err(why),
+            Ok(r) => {
+                let n = r?;
+                self.rate.progress(n, Instant::now().into_std());
+                Ok(n)
+            }
         }
     }
 
@@ -145,11 +285,19 @@ impl Connection {
             max_decompressed: self.shared.cfg.max_decompressed_bytes,
             metadata_key: self.shared.cfg.metadata_key.as_deref(),
             tag_key: self.shared.cfg.tag_key.as_deref(),
+            budget: Some(&self.held),
         };
-        let Some(d) = decoder.decode(frame, &mut out)? else {
+        let decoded = decoder.decode(frame, &mut out);
+        // Decompression was charged as it grew and is freed now; the JSON
+        // is bounded by what was charged for the frame.
+        self.held.force_set(self.buf.capacity() + out.capacity());
+        let Some(d) = decoded? else {
             self.out = out;
             return Ok(()); // heartbeat
         };
+        if !self.slot.is_proven() {
+            self.prove();
+        }
         self.shared.m.message(d.mode.as_str());
         let chunk = d.chunk.map(|c| c.to_vec());
         let events = d.events;
@@ -177,6 +325,7 @@ impl Connection {
         if out.capacity() <= KEEP_OUT_BYTES {
             self.out = out;
         }
+        self.recharge();
         if let Some(c) = chunk {
             self.stream.write_all(&encode_ack(&c)).await?;
             self.stream.flush().await?;

@@ -14,6 +14,7 @@ use crate::forward::protocol::Options;
 use crate::record::json::{self, ToJsonError};
 use crate::record::reader::{Head, MsgReader, ReadError};
 use crate::record::time::EVENT_TIME_EXT;
+use crate::transport::limits::Held;
 use rmp::Marker;
 use std::io::Read;
 
@@ -55,6 +56,10 @@ pub enum MessageError {
     GzipTooLarge(usize),
     #[error("unsupported compression {0:?}")]
     Compression(String),
+    #[error(
+        "no room in receive.memory_budget_bytes to decompress this message; the client will retry it"
+    )]
+    Budget,
 }
 
 impl MessageError {
@@ -69,6 +74,7 @@ impl MessageError {
             MessageError::Gzip(_) => "gzip",
             MessageError::GzipTooLarge(_) => "gzip_too_large",
             MessageError::Compression(_) => "compression",
+            MessageError::Budget => "memory_budget",
         }
     }
 }
@@ -95,6 +101,9 @@ pub struct Decoder<'k> {
     /// Write the message's Forward tag under this top-level key
     /// (`receive.tag_key`); `None`: not written.
     pub tag_key: Option<&'k str>,
+    /// Decompressed bytes are charged here as they grow (`None`: only
+    /// `max_decompressed` bounds them).
+    pub budget: Option<&'k Held>,
 }
 
 /// Decodes `frame` (one complete msgpack value), appending one JSON line per
@@ -218,18 +227,36 @@ impl Decoder<'_> {
         }))
     }
 
-    /// Multi-member gzip (spec §CompressedPackedForward), capped.
+    /// Multi-member gzip (spec §CompressedPackedForward), capped, and
+    /// charged to the budget step by step as it grows.
     fn gunzip(&self, entries: &[u8]) -> Result<Vec<u8>, MessageError> {
         let cap = self.max_decompressed;
-        let mut plain = Vec::with_capacity((entries.len() * 4).min(cap));
-        flate2::read::MultiGzDecoder::new(entries)
-            .take(cap as u64 + 1)
-            .read_to_end(&mut plain)
-            .map_err(MessageError::Gzip)?;
-        if plain.len() > cap {
-            return Err(MessageError::GzipTooLarge(cap));
+        let mut plain = Vec::new();
+        let mut d = flate2::read::MultiGzDecoder::new(entries).take(cap as u64 + 1);
+        let base = self.budget.map_or(0, Held::get);
+        let mut step = (entries.len() * 4).clamp(64 * 1024, cap + 1);
+        loop {
+            if let Some(b) = self.budget
+                && !b.try_set(base + plain.capacity() + step)
+            {
+                return Err(MessageError::Budget);
+            }
+            plain.reserve_exact(step);
+            let got = (&mut d)
+                .take(step as u64)
+                .read_to_end(&mut plain)
+                .map_err(MessageError::Gzip)?;
+            if let Some(b) = self.budget {
+                b.force_set(base + plain.capacity());
+            }
+            if plain.len() > cap {
+                return Err(MessageError::GzipTooLarge(cap));
+            }
+            if got < step {
+                return Ok(plain);
+            }
+            step = plain.len().min(cap + 1 - plain.len()).max(1);
         }
-        Ok(plain)
     }
 
     /// A MessagePackEventStream: entries back to back.
@@ -608,7 +635,7 @@ mod tests {
                 crate::forward::protocol::frame::Frame::Complete(f.len())
             );
             let mut out = Vec::new();
-            let d = Decoder { max_decompressed: 1 << 20, metadata_key: Some("_m"), tag_key: None }
+            let d = Decoder { max_decompressed: 1 << 20, metadata_key: Some("_m"), tag_key: None, budget: None }
                 .decode(&f, &mut out)
                 .unwrap()
                 .unwrap();

@@ -9,7 +9,8 @@ pub mod writer;
 
 use crate::ops::logging::RateLimit;
 use crate::ops::metrics::ReceiverMetrics;
-use crate::transport::listen::{self, Listener, Observer, WhenFull};
+use crate::transport::limits::Budget;
+use crate::transport::listen::{self, Listener, Observer};
 use crate::transport::tls::ReloadingAcceptor;
 use connection::Connection;
 use dedupe::Dedupe;
@@ -25,6 +26,16 @@ pub struct ServerConfig {
     pub max_frame_bytes: usize,
     pub max_decompressed_bytes: usize,
     pub max_connections: usize,
+    /// Connections from one source address.
+    pub max_connections_per_address: usize,
+    /// Everything held for peers, across connections (SECURITY.md).
+    pub memory_budget_bytes: usize,
+    /// TLS handshake, and the Forward handshake when a key is required.
+    pub handshake_timeout: Duration,
+    /// Accept to the first message, for a connection not authenticated.
+    pub first_message_timeout: Duration,
+    /// A message in progress must arrive at this many bytes/s (0: off).
+    pub min_transfer_rate: u64,
     pub idle_timeout: Duration,
     pub dedupe_window: usize,
     /// Write each entry's Forward metadata under this key (`None`: drop).
@@ -43,6 +54,8 @@ pub struct Shared {
     pub cfg: ServerConfig,
     pub writer: Writer,
     pub dedupe: Mutex<Dedupe>,
+    /// Memory held for peers, across all connections.
+    pub budget: Arc<Budget>,
     pub m: ReceiverMetrics,
     /// Per-connection errors: the first few of each 10 s in full, then a count.
     pub warn: Mutex<RateLimit>,
@@ -85,14 +98,16 @@ impl Server {
             name: "receiver",
             limit_key: "receive.max_connections",
             listener,
+            tls_proves: cfg.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some()),
             tls,
             max_connections: cfg.max_connections,
-            when_full: WhenFull::Refuse,
-            tls_timeout: Duration::from_secs(30),
+            max_per_address: cfg.max_connections_per_address,
+            handshake_timeout: cfg.handshake_timeout,
             nodelay: true,
         };
         let shared = Arc::new(Shared {
             dedupe: Mutex::new(Dedupe::new(cfg.dedupe_window)),
+            budget: Budget::new(cfg.memory_budget_bytes),
             warn: Mutex::new(RateLimit::with_burst(10, Duration::from_secs(10))),
             cfg,
             writer,
@@ -109,10 +124,11 @@ impl Server {
     pub async fn serve(self, shutdown: watch::Receiver<bool>) {
         let shared = self.shared.clone();
         self.listener
-            .serve(self.shared, shutdown, move |stream, peer, _| {
+            .serve(self.shared, shutdown, move |a| {
                 let shared = shared.clone();
                 async move {
-                    let r = Connection::new(stream, peer.to_string(), shared.clone())
+                    let peer = a.peer;
+                    let r = Connection::new(a.stream, peer.to_string(), shared.clone(), a.slot)
                         .run()
                         .await;
                     if let Err(e) = r {
