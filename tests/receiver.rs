@@ -131,21 +131,6 @@ fn a_gzip_bomb_and_a_deeply_nested_record_close_their_connection_only() {
     assert_eq!(read_lines(&out), vec!["{\"k\":3}".to_string()]);
 }
 
-/// Raises this process's open-file limit to the hard limit (CI machines may
-/// start with a soft limit of 1,024).
-fn raise_nofile() {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
-            r.rlim_cur = r.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-        }
-    }
-}
-
 #[test]
 fn a_thousand_idle_connections_do_not_block_a_real_client() {
     raise_nofile();

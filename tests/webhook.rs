@@ -464,3 +464,55 @@ fn bad_requests_get_a_4xx_with_a_reason_and_are_counted() {
     wait_ids(&out, &ids.into_iter().collect());
     assert_eq!(read_lines(&out).len(), 10, "a refused body was forwarded");
 }
+
+/// 300 clients that send their headers and then a byte of body per second
+/// (from other loopback addresses) neither hold the request permits nor
+/// keep a normal POST out: it is answered 200 and forwarded, and they are
+/// closed by the minimum transfer rate.
+#[test]
+fn slow_clients_do_not_block_a_normal_post() {
+    raise_nofile();
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out.jsonl");
+    let (_rcv, rport) = receiver(&out, &[]);
+    let (_fwd, ep, mport) = plain_webhook_forwarder(d.path(), rport, 1 << 20, 1 << 20, 64 << 20);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let head = format!(
+        "POST /audit HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{"
+    );
+    let mut slow: Vec<std::net::TcpStream> = (0..300)
+        .filter_map(|i| {
+            let src = std::net::Ipv4Addr::new(127, 0, 4, 1 + (i / 100) as u8);
+            let mut s = connect_from(&rt, src, ep.port)?;
+            std::io::Write::write_all(&mut s, head.as_bytes()).ok()?;
+            Some(s)
+        })
+        .collect();
+    assert_eq!(slow.len(), 300);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let st = stop.clone();
+    let dribble = std::thread::spawn(move || {
+        for _ in 0..90 {
+            if st.load(std::sync::atomic::Ordering::Relaxed) {
+                return slow.len();
+            }
+            slow.retain_mut(|s| std::io::Write::write_all(s, b" ").is_ok());
+            std::thread::sleep(std::time::Duration::from_secs(1)); // the attack's pace
+        }
+        slow.len()
+    });
+    let mut g = Generator::new(7, Mix::Metadata);
+    let (body, ids) = event_list(&mut g, 20);
+    let (code, resp) = ep.post(&body);
+    assert_eq!(code, 200, "{resp}");
+    let want: HashSet<String> = ids.into_iter().collect();
+    assert_eq!(wait_ids(&out, &want).len(), 20);
+    wait_metrics(mport, "slow bodies refused", |m| {
+        metric(m, "audit_forwarder_webhook_rejected_total", "reason=\"slow_body\"") > 0.0
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    dribble.join().unwrap();
+}

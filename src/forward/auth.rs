@@ -7,6 +7,7 @@ use super::protocol::handshake::{
     HandshakeError, Helo, Ping, Pong, password_digest, shared_key_digest,
 };
 use crate::transport::Stream;
+use crate::transport::limits::Held;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -38,6 +39,8 @@ pub enum AuthError {
     Timeout(Duration),
     #[error("connection closed during the handshake")]
     Closed,
+    #[error("no room in the memory budget for the handshake")]
+    Budget,
     #[error("authentication failed: {0}")]
     Rejected(String),
     #[error(
@@ -61,6 +64,7 @@ async fn read_frame(
     buf: &mut Vec<u8>,
     t: Duration,
     no_data: AuthError,
+    held: Option<&Held>,
 ) -> Result<usize, AuthError> {
     let deadline = tokio::time::Instant::now() + t;
     let mut first = true;
@@ -79,6 +83,11 @@ async fn read_frame(
             Ok(Ok(0)) => return Err(AuthError::Closed),
             Ok(Ok(n)) => {
                 first = false;
+                if let Some(h) = held
+                    && !h.try_set(buf.len() + n)
+                {
+                    return Err(AuthError::Budget);
+                }
                 buf.reserve_exact(n);
                 buf.extend_from_slice(&chunk[..n]);
             }
@@ -91,9 +100,6 @@ async fn read_frame(
 /// hundred bytes).
 pub const MAX_HANDSHAKE_FRAME: usize = 64 * 1024;
 
-/// What the handshake may hold of a connection's memory.
-pub const HANDSHAKE_BUFFER: usize = MAX_HANDSHAKE_FRAME + 4096;
-
 /// Client side. Returns the server's keepalive flag; bytes read past the
 /// PONG stay in `buf`.
 pub async fn client(
@@ -102,7 +108,7 @@ pub async fn client(
     t: Duration,
     buf: &mut Vec<u8>,
 ) -> Result<bool, AuthError> {
-    let n = read_frame(s, buf, t, AuthError::NoHelo(t)).await?;
+    let n = read_frame(s, buf, t, AuthError::NoHelo(t), None).await?;
     let helo = Helo::decode(&buf[..n])?;
     buf.drain(..n);
     // 128 random bits as 32 hex digits: PING's fields go as msgpack str
@@ -127,7 +133,7 @@ pub async fn client(
     };
     s.write_all(&ping.encode()).await?;
     s.flush().await?;
-    let n = read_frame(s, buf, t, AuthError::Timeout(t)).await?;
+    let n = read_frame(s, buf, t, AuthError::Timeout(t), None).await?;
     let pong = Pong::decode(&buf[..n])?;
     buf.drain(..n);
     if !pong.ok {
@@ -149,12 +155,14 @@ pub async fn client(
 }
 
 /// Server side. On failure the client gets a PONG with the reason before the
-/// error is returned (and the connection closed by the caller).
+/// error is returned (and the connection closed by the caller). What the
+/// peer sends is charged to `held` as it arrives.
 pub async fn server(
     s: &mut Stream,
     sec: &ServerSecurity,
     t: Duration,
     buf: &mut Vec<u8>,
+    held: Option<&Held>,
 ) -> Result<(), AuthError> {
     let nonce: [u8; 16] = rand::random();
     let auth: Vec<u8> = if sec.users.is_empty() {
@@ -169,7 +177,7 @@ pub async fn server(
     };
     s.write_all(&helo.encode()).await?;
     s.flush().await?;
-    let n = read_frame(s, buf, t, AuthError::Timeout(t)).await?;
+    let n = read_frame(s, buf, t, AuthError::Timeout(t), held).await?;
     let ping = Ping::decode(&buf[..n])?;
     buf.drain(..n);
     let key = sec.shared_key.as_bytes();

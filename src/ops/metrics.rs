@@ -66,6 +66,7 @@ struct Families {
     recv_dedupe: Counters,
     recv_bytes: Counters,
     recv_memory_held: Gauges,
+    recv_examined: Counters,
     webhook_requests: Counters,
     webhook_events: Counters,
     webhook_rejected: Counters,
@@ -239,6 +240,9 @@ pub struct ReceiverMetrics {
     pub bytes: Counter,
     /// Bytes held for peers now (`receive.memory_budget_bytes` bounds it).
     pub memory_held: Gauge,
+    /// Bytes the frame measurer examined (linear in bytes received however
+    /// frames are split into reads).
+    pub frame_examined: Counter,
     messages: Counters,
     rejected: Counters,
 }
@@ -333,6 +337,7 @@ impl Metrics {
             "receiver_rejected_frames", "Frames or connections rejected, by reason", recv_rejected;
             "receiver_dedupe_hits", "Resent chunks recognised and not written twice", recv_dedupe;
             "receiver_bytes", "Bytes received", recv_bytes;
+            "receiver_frame_bytes_examined", "Bytes the frame measurer examined to find message boundaries", recv_examined;
             "receiver_memory_held_bytes", "Bytes held for peers (partial frames, decompression, JSON) across connections", recv_memory_held;
             "webhook_requests", "Webhook requests answered, by HTTP status code", webhook_requests;
             "webhook_events", "Audit events accepted by the webhook and spooled", webhook_events;
@@ -399,6 +404,7 @@ impl Metrics {
             dedupe_hits: f.recv_dedupe.get_or_create(&vec![]).clone(),
             bytes: f.recv_bytes.get_or_create(&vec![]).clone(),
             memory_held: f.recv_memory_held.get_or_create(&vec![]).clone(),
+            frame_examined: f.recv_examined.get_or_create(&vec![]).clone(),
             messages: f.recv_messages.clone(),
             rejected: f.recv_rejected.clone(),
         }

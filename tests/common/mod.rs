@@ -467,3 +467,46 @@ impl Drop for NodeServer {
         let _ = self.child.wait();
     }
 }
+
+/// Raises this process's open-file limit to the hard limit (CI machines may
+/// start with a soft limit of 1,024); children inherit it.
+pub fn raise_nofile() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+/// A field of /proc/PID/status in KiB (`VmRSS`, `VmHWM`).
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A TCP connection to 127.0.0.1:`port` from `src` (any 127/8 address works
+/// on Linux loopback).
+pub fn connect_from(
+    rt: &tokio::runtime::Runtime,
+    src: std::net::Ipv4Addr,
+    port: u16,
+) -> Option<std::net::TcpStream> {
+    let s = rt.block_on(async {
+        let sock = tokio::net::TcpSocket::new_v4()?;
+        sock.bind(std::net::SocketAddr::from((src, 0)))?;
+        sock.connect(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await
+    });
+    let s = s.ok()?.into_std().ok()?;
+    s.set_nonblocking(false).ok()?;
+    s.set_write_timeout(Some(Duration::from_secs(20))).ok()?;
+    Some(s)
+}
+

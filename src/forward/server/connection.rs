@@ -58,6 +58,7 @@ impl ConnError {
             ConnError::Io(_) => "io",
             ConnError::Output(_) => "output",
             ConnError::Auth(crate::forward::auth::AuthError::Rejected(_)) => "auth",
+            ConnError::Auth(crate::forward::auth::AuthError::Budget) => "memory_budget",
             ConnError::Auth(_) => "handshake",
         }
     }
@@ -188,22 +189,19 @@ impl Connection {
 
     async fn serve(&mut self) -> Result<(), ConnError> {
         if let Some(sec) = self.shared.cfg.security.clone() {
-            if !self.held.try_set(crate::forward::auth::HANDSHAKE_BUFFER) {
-                return Err(ConnError::Budget(
-                    self.held.budget().limit(),
-                    "unauthenticated",
-                ));
-            }
             let t = self.shared.cfg.handshake_timeout;
-            crate::forward::auth::server(&mut self.stream, &sec, t, &mut self.buf).await?;
+            let held = Some(&self.held);
+            crate::forward::auth::server(&mut self.stream, &sec, t, &mut self.buf, held).await?;
             self.prove();
             self.recharge();
         }
         loop {
-            let need = match self
+            let seen = self.measurer.examined();
+            let measured = self
                 .measurer
-                .feed(&self.buf[self.start..], self.shared.cfg.max_frame_bytes)?
-            {
+                .feed(&self.buf[self.start..], self.shared.cfg.max_frame_bytes);
+            (self.shared.m.frame_examined).inc_by(self.measurer.examined() - seen);
+            let need = match measured? {
                 Frame::Complete(n) => {
                     let (s, e) = (self.start, self.start + n);
                     self.start = e;
