@@ -180,11 +180,18 @@ fn run_suite(auth: bool) {
     let reasons: Vec<String> = m
         .lines()
         .filter(|l| l.starts_with("audit_forwarder_receiver_rejected_frames_total{"))
-        .map(|l| l.trim_start_matches("audit_forwarder_receiver_rejected_frames_total").to_string())
+        .map(|l| {
+            l.trim_start_matches("audit_forwarder_receiver_rejected_frames_total")
+                .to_string()
+        })
         .collect();
     println!(
         "hostile suite ({}): {EVENTS} events delivered; receiver RSS {:.1} MB before the attack, peak {:.1} MB (budget {} MB); {:.0} MB received, {:.0} MB examined by the frame measurer; refusals {reasons:?}",
-        if auth { "shared_key" } else { "no authentication" },
+        if auth {
+            "shared_key"
+        } else {
+            "no authentication"
+        },
         baseline as f64 / 1024.0,
         peak as f64 / 1024.0,
         BUDGET >> 20,

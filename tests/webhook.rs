@@ -480,9 +480,7 @@ fn slow_clients_do_not_block_a_normal_post() {
         .enable_io()
         .build()
         .unwrap();
-    let head = format!(
-        "POST /audit HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{"
-    );
+    let head = "POST /audit HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{";
     let mut slow: Vec<std::net::TcpStream> = (0..300)
         .filter_map(|i| {
             let src = std::net::Ipv4Addr::new(127, 0, 4, 1 + (i / 100) as u8);
@@ -511,7 +509,11 @@ fn slow_clients_do_not_block_a_normal_post() {
     let want: HashSet<String> = ids.into_iter().collect();
     assert_eq!(wait_ids(&out, &want).len(), 20);
     wait_metrics(mport, "slow bodies refused", |m| {
-        metric(m, "audit_forwarder_webhook_rejected_total", "reason=\"slow_body\"") > 0.0
+        metric(
+            m,
+            "audit_forwarder_webhook_rejected_total",
+            "reason=\"slow_body\"",
+        ) > 0.0
     });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     dribble.join().unwrap();

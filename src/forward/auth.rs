@@ -235,7 +235,7 @@ mod tests {
         let t = Duration::from_secs(5);
         let (c, s) = tokio::join!(
             async { client(&mut cs, &csec, t, &mut Vec::new()).await },
-            async { server(&mut ss, &ssec, t, &mut Vec::new()).await },
+            async { server(&mut ss, &ssec, t, &mut Vec::new(), None).await },
         );
         s.expect("server side");
         c.expect("client side");

@@ -502,11 +502,11 @@ pub fn connect_from(
     let s = rt.block_on(async {
         let sock = tokio::net::TcpSocket::new_v4()?;
         sock.bind(std::net::SocketAddr::from((src, 0)))?;
-        sock.connect(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await
+        sock.connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+            .await
     });
     let s = s.ok()?.into_std().ok()?;
     s.set_nonblocking(false).ok()?;
     s.set_write_timeout(Some(Duration::from_secs(20))).ok()?;
     Some(s)
 }
-
