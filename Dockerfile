@@ -12,7 +12,7 @@
 #   /usr/local/bin/audit-forwarder                  (debug info stripped, symbols kept)
 #   /usr/share/audit-forwarder/filters/{add-cluster-id,drop-read-only,redact}.wasm
 #   /usr/share/audit-forwarder/presets/*.yaml       (for reference: the binary embeds them)
-#   /var/lib/audit-forwarder                        (state_dir default; a VOLUME, owned by 65532)
+#   /var/lib/audit-forwarder                        (state_dir default; a VOLUME, owned by 65532, mode 0700)
 # Runs as uid/gid 65532 (distroless "nonroot"), with a read-only root
 # filesystem: the only path written is state_dir (checkpoints, wasm-cache), so
 # mount a volume there (Kubernetes: emptyDir for `receive` needs none; the
@@ -50,7 +50,7 @@ RUN install -d -m 0755 /out/bin /out/filters /out/presets \
       install -m 0644 "example-filters/target/wasm32-wasip2/release/$f.wasm" "/out/filters/$(echo "$f" | tr _ -).wasm"; \
     done \
  && install -m 0644 presets/*.yaml /out/presets/ \
- && install -d -o 65532 -g 65532 -m 0700 /out/state \
+ && install -d -o 65532 -g 65532 -m 0700 /out/varlib/audit-forwarder \
  && /out/bin/audit-forwarder --version \
  && /out/bin/audit-forwarder --log-level warn filter test --wasm /out/filters/add-cluster-id.wasm --config cluster=build-check < /dev/null \
  && /out/bin/audit-forwarder --log-level warn filter test --wasm /out/filters/drop-read-only.wasm < /dev/null \
@@ -58,7 +58,7 @@ RUN install -d -m 0755 /out/bin /out/filters /out/presets \
 
 # `--target prebuilt`: the same image from artifacts already built on the
 # host (scripts/image.sh fast; the build context is the directory it
-# stages: bin/, filters/, presets/, state/), so CI can afford it every run.
+# stages: bin/, filters/, presets/, varlib/), so CI can afford it every run.
 FROM ${RUNTIME_IMAGE} AS prebuilt
 LABEL org.opencontainers.image.title="audit-forwarder" \
       org.opencontainers.image.description="Forwards Kubernetes audit logs over the Fluent Forward protocol, without loss" \
@@ -66,7 +66,7 @@ LABEL org.opencontainers.image.title="audit-forwarder" \
 COPY bin/audit-forwarder /usr/local/bin/audit-forwarder
 COPY filters/ /usr/share/audit-forwarder/filters/
 COPY presets/ /usr/share/audit-forwarder/presets/
-COPY --chown=65532:65532 state/ /var/lib/audit-forwarder/
+COPY --chown=65532:65532 varlib/ /var/lib/
 USER 65532:65532
 VOLUME ["/var/lib/audit-forwarder"]
 ENTRYPOINT ["audit-forwarder"]
@@ -80,7 +80,9 @@ LABEL org.opencontainers.image.title="audit-forwarder" \
 COPY --from=build /out/bin/audit-forwarder /usr/local/bin/audit-forwarder
 COPY --from=build /out/filters/ /usr/share/audit-forwarder/filters/
 COPY --from=build /out/presets/ /usr/share/audit-forwarder/presets/
-COPY --from=build --chown=65532:65532 /out/state/ /var/lib/audit-forwarder/
+# The parent is copied so that the state directory keeps its mode (0700:
+# audit content); a volume mounted there starts with it.
+COPY --from=build --chown=65532:65532 /out/varlib/ /var/lib/
 USER 65532:65532
 VOLUME ["/var/lib/audit-forwarder"]
 ENTRYPOINT ["audit-forwarder"]

@@ -85,14 +85,14 @@ build_fast() {
   [ -f "$wasm/add_cluster_id.wasm" ] || die "$wasm is missing: cargo build --release --locked --target wasm32-wasip2 --manifest-path example-filters/Cargo.toml"
   step "fast build: $bin and the filters into $RUNTIME_BASE (Dockerfile --target prebuilt)"
   local ctx="$work/ctx"
-  $sudo rm -rf "$ctx"; mkdir -p "$ctx/bin" "$ctx/filters" "$ctx/presets" "$ctx/state"
+  $sudo rm -rf "$ctx"; mkdir -p "$ctx/bin" "$ctx/filters" "$ctx/presets" "$ctx/varlib/audit-forwarder"
   strip --strip-debug -o "$ctx/bin/audit-forwarder" "$bin"
   for f in add_cluster_id drop_read_only redact; do
     install -m 0644 "$wasm/$f.wasm" "$ctx/filters/$(echo "$f" | tr _ -).wasm"
   done
   install -m 0644 presets/*.yaml "$ctx/presets/"
-  chmod 0700 "$ctx/state"
-  $sudo chown 65532:65532 "$ctx/state"
+  chmod 0700 "$ctx/varlib/audit-forwarder"
+  $sudo chown 65532:65532 "$ctx/varlib/audit-forwarder"
   podman build -q --network none --target prebuilt --build-arg RUNTIME_IMAGE="$RUNTIME_BASE" \
     -f Dockerfile -t "$IMAGE" "$ctx" >/dev/null
 }
@@ -117,7 +117,11 @@ esac
 step "smoke test of $IMAGE"
 t="$work/smoke"
 $sudo rm -rf "$t"; mkdir -p "$t"
-cleanup() { podman rm -f -t 0 af-smoke-rcv af-smoke-fwd >/dev/null 2>&1 || true; podman volume rm -f af-smoke-state >/dev/null 2>&1 || true; }
+cleanup() {
+  local c
+  for c in af-smoke-fwd af-smoke-rcv; do podman rm --force --ignore --time 0 "$c" >/dev/null 2>&1 || true; done
+  podman volume rm --force af-smoke-state >/dev/null 2>&1 || true
+}
 trap cleanup EXIT
 cleanup
 # How the manifests run it (kind/manifests, the sidecar example): no root,
@@ -228,4 +232,6 @@ cp_mode=$($sudo find "$t/state" -maxdepth 1 -type f -name '*.json' -printf '%m\n
 out_mode=$($sudo stat -c '%a' "$t/out/events.jsonl")
 echo "modes: state dir $state_mode, checkpoints ${cp_mode:-none}, receiver output $out_mode"
 [ "$out_mode" = 600 ] || die "the receiver's output is $out_mode, want 600"
+# The host directory was made 0755 (like a new hostPath): narrowed at start.
+[ "$state_mode" = 700 ] || die "the state directory is $state_mode, want 700"
 step "image smoke test passed ($mode): $IMAGE, $((size / 1000 / 1000)) MB, user $user"

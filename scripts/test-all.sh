@@ -21,9 +21,9 @@ python3 -m pip install --quiet --disable-pip-version-check -r example-filters/py
 bash example-filters/python/add-cluster-id/build.sh
 bash example-filters/js/add-cluster-id/build.sh
 
-step "HTTP CONNECT proxies, tools and the Go lumberjack library from Debian (tinyproxy, squid, socat, stunnel4, curl, openssl, iproute2, iptables, golang-go, golang-gopkg-natefinch-lumberjack.v2-dev)"
+step "HTTP CONNECT proxies, tools, the Go lumberjack library and podman from Debian (tinyproxy, squid, socat, stunnel4, curl, openssl, iproute2, iptables, golang-go, golang-gopkg-natefinch-lumberjack.v2-dev, podman, runc)"
 need=()
-for pair in tinyproxy:tinyproxy squid:squid socat:socat stunnel4:stunnel curl:curl openssl:openssl iproute2:ip iproute2:tc iptables:iptables golang-go:go; do
+for pair in tinyproxy:tinyproxy squid:squid socat:socat stunnel4:stunnel curl:curl openssl:openssl iproute2:ip iproute2:tc iptables:iptables golang-go:go podman:podman runc:runc; do
   command -v "${pair#*:}" >/dev/null 2>&1 || need+=("${pair%%:*}")
 done
 # kube-apiserver's log writer, built by tests/lumberjack.rs in GOPATH mode.
@@ -60,6 +60,10 @@ $as_root env AF_BIN="$PWD/target/debug/audit-forwarder" bash kind/netns/run.sh
 
 step "fault injection, short form (scripts/faults/run.sh --short)"
 $as_root env AF_BIN="$PWD/target/debug/audit-forwarder" bash scripts/faults/run.sh --short
+
+step "container image: release build, podman build (fast mode) and its smoke test (scripts/image.sh fast)"
+cargo build --release --locked
+bash scripts/image.sh fast
 
 step "disk space at the end"
 du -sh target 2>/dev/null || true

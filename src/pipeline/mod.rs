@@ -72,12 +72,17 @@ pub async fn run(
     metrics: &Metrics,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Vec<Report>, PipelineError> {
-    crate::ops::files::create_dir_all(&cfg.state_dir).map_err(|source| {
+    let was = crate::ops::files::private_dir(&cfg.state_dir).map_err(|source| {
         PipelineError::StateDir {
             path: cfg.state_dir.clone(),
             source,
         }
     })?;
+    if let Some(mode) = was {
+        tracing::info!(state_dir = %cfg.state_dir.display(), was = format!("{mode:o}"),
+            now = format!("{:o}", crate::ops::files::dir_mode()),
+            "state_dir was open to other users: narrowed (it holds checkpoints and the webhook spool)");
+    }
     // Every output stops on `shutdown`, or when one of them must stop.
     let (stop_all, all_rx) = watch::channel(false);
     let stop_all = Arc::new(stop_all);
