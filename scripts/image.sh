@@ -66,16 +66,22 @@ builder_base() {
   step "making the builder base $BUILDER_BASE (debootstrap bookworm + this host's Rust toolchain)"
   command -v debootstrap >/dev/null || { $sudo apt-get update -qq; $sudo apt-get install -y -qq debootstrap >/dev/null; }
   local d="$work/builder-base"
-  $sudo rm -rf "$d"
-  $sudo debootstrap --variant=minbase --include=build-essential,ca-certificates bookworm "$d" http://deb.debian.org/debian >/dev/null
+  if [ ! -f "$d.done" ]; then
+    $sudo rm -rf "$d"
+    $sudo debootstrap --variant=minbase --include=build-essential,ca-certificates bookworm "$d" http://deb.debian.org/debian >/dev/null
+    touch "$d.done"
+  fi
   local home; home=$(rustup show home)
   local tc; tc=$(rustup show active-toolchain | cut -d' ' -f1)
   $sudo mkdir -p "$d/usr/local/rustup/toolchains" "$d/usr/local/cargo/bin"
+  $sudo rm -rf "$d/usr/local/rustup/toolchains/$tc"
   $sudo cp -a "$home/toolchains/$tc" "$d/usr/local/rustup/toolchains/"
-  $sudo cp -a "$(command -v rustup)" "$d/usr/local/cargo/bin/rustup"
+  $sudo cp -L "$(command -v rustup)" "$d/usr/local/cargo/bin/rustup"
   for t in cargo rustc rustdoc; do $sudo ln -sf rustup "$d/usr/local/cargo/bin/$t"; done
   $sudo tar -C "$d" -c . | podman import \
-    --change "ENV RUSTUP_HOME=/usr/local/rustup CARGO_HOME=/usr/local/cargo RUSTUP_TOOLCHAIN=$tc PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+    --change "ENV RUSTUP_HOME=/usr/local/rustup" --change "ENV CARGO_HOME=/usr/local/cargo" \
+    --change "ENV RUSTUP_TOOLCHAIN=$tc" \
+    --change "ENV PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
     - "$BUILDER_BASE" >/dev/null
 }
 

@@ -658,6 +658,10 @@ pub struct ReceiveSection {
     pub idle_timeout: Duration,
     /// How many recent chunk ids are remembered to drop resent duplicates.
     pub dedupe_window: usize,
+    /// Keep the record of what was written per sender stream here, so
+    /// events resent after a restart of either side are not written twice
+    /// (unset: remembered while the receiver runs).
+    pub state_dir: Option<PathBuf>,
     /// Write the Forward metadata of an entry (fluent-bit's `[[time,
     /// metadata], record]`) into its JSON line under this top-level key;
     /// unset or empty: dropped.
@@ -702,6 +706,7 @@ impl Default for ReceiveSection {
             min_transfer_rate: 1024,
             idle_timeout: Duration::from_secs(600),
             dedupe_window: 4096,
+            state_dir: None,
             metadata_key: None,
             tag_key: None,
             shared_key: None,

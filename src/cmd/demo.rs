@@ -45,6 +45,7 @@ async fn receiver(
             min_transfer_rate: 1024,
             idle_timeout: Duration::from_secs(60),
             dedupe_window: 4096,
+            state_dir: None,
             metadata_key: None,
             tag_key: None,
             output: Output::File(out.to_path_buf()),

@@ -40,6 +40,7 @@ pub async fn run(cli: &Cli, a: &ReceiveArgs) -> anyhow::Result<ExitCode> {
             min_transfer_rate: r.min_transfer_rate,
             idle_timeout: r.idle_timeout,
             dedupe_window: r.dedupe_window,
+            state_dir: r.state_dir.clone(),
             metadata_key: r.metadata_key.clone().filter(|k| !k.is_empty()),
             tag_key: r.tag_key.clone().filter(|k| !k.is_empty()),
             output,

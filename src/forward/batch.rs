@@ -3,6 +3,7 @@
 //! appended straight after a bin32 header that is patched when the batch is
 //! sealed, so a record is copied once on its way to the wire.
 
+use crate::forward::protocol::identity;
 use crate::record::origin::{FileInfo, Position};
 use crate::record::time::EventTime;
 use crate::record::write::write_str;
@@ -38,6 +39,9 @@ pub struct BatchConfig {
     pub recycler: Recycler,
     /// Shared with the client: the chunks not yet acknowledged.
     pub pending: Pending,
+    /// Send each chunk's source identity under this stream id
+    /// ([`crate::forward::protocol::identity`]); `None`: not sent.
+    pub stream: Option<String>,
 }
 
 /// The first event time of each sealed chunk not yet acknowledged, oldest
@@ -125,6 +129,12 @@ pub struct Batcher {
     last_time: Option<EventTime>,
     /// Calls of `should_flush`, to read the clock on a few of them.
     calls: u32,
+    /// The end offset of each event in the batch (identity).
+    ends: Vec<u64>,
+    /// An event was pushed whose end offset the next `advance` gives.
+    unmarked: bool,
+    /// Where the previous chunk ended: this one's start.
+    last: Option<(Arc<FileInfo>, u64)>,
 }
 
 impl Batcher {
@@ -141,6 +151,9 @@ impl Batcher {
             first_time: None,
             last_time: None,
             calls: 0,
+            ends: Vec::new(),
+            unmarked: false,
+            last: None,
         };
         b.reset();
         b
@@ -179,6 +192,7 @@ impl Batcher {
         time.write(&mut self.buf);
         self.buf.extend_from_slice(record);
         self.events += 1;
+        self.unmarked = true;
     }
 
     /// Any events in the batch?
@@ -206,10 +220,16 @@ impl Batcher {
         self.first_at = Some(Instant::now());
         self.first_time = Some(time);
         self.last_time = Some(time);
+        self.ends.clear();
+        self.unmarked = true;
     }
 
     /// Notes that the log has been consumed up to `end` in `file`.
     pub fn advance(&mut self, file: &Arc<FileInfo>, end: u64) {
+        if self.unmarked {
+            self.ends.push(end);
+            self.unmarked = false;
+        }
         match &mut self.end {
             Some((f, e)) if Arc::ptr_eq(f, file) => *e = end,
             slot => *slot = Some((file.clone(), end)),
@@ -251,6 +271,11 @@ impl Batcher {
     pub fn take(&mut self) -> Option<Chunk> {
         let (file, offset) = self.end.take()?;
         self.seq += 1;
+        let start = match &self.last {
+            Some((f, o)) if Arc::ptr_eq(f, &file) && *o <= offset => *o,
+            _ => self.ends.first().copied().unwrap_or(offset).min(offset),
+        };
+        self.last = Some((file.clone(), offset));
         let end = Position { file, offset };
         if self.events == 0 {
             self.first_at = None;
@@ -278,7 +303,10 @@ impl Batcher {
         }
         let len = (msg.len() - self.entries_start) as u32;
         msg[self.entries_start - 4..self.entries_start].copy_from_slice(&len.to_be_bytes());
-        let n_opts = if self.cfg.gzip.is_some() { 3 } else { 2 };
+        let mut n_opts = if self.cfg.gzip.is_some() { 3 } else { 2 };
+        if self.cfg.stream.is_some() {
+            n_opts += identity::KEYS;
+        }
         let _ = rmp::encode::write_map_len(&mut msg, n_opts);
         write_str(&mut msg, b"size");
         let _ = rmp::encode::write_uint(&mut msg, self.events);
@@ -288,6 +316,11 @@ impl Batcher {
             write_str(&mut msg, b"compressed");
             write_str(&mut msg, b"gzip");
         }
+        if let Some(stream) = &self.cfg.stream {
+            let source = end.file.source_id();
+            identity::write(&mut msg, stream, &source, start, end.offset, &self.ends);
+        }
+        self.ends.clear();
         let events = self.events;
         if let Some(t) = self.first_time.take() {
             self.cfg.pending.sealed(self.seq, t);
@@ -321,6 +354,7 @@ mod tests {
             flush_interval: Duration::from_secs(3600),
             gzip,
             recycler: Recycler::new(1 << 20),
+            stream: None,
         })
     }
 
@@ -358,6 +392,52 @@ mod tests {
             assert_eq!(entries(&ca), entries(&cb));
             assert_eq!(cb.events, 1);
         }
+    }
+
+    /// Each chunk names its stream, its source file and the byte range it
+    /// accounts for (dropped lines included), and lists its events' end
+    /// offsets: the receiver's exactly-once check.
+    #[test]
+    fn chunks_carry_their_source_identity() {
+        let mut b = batcher(None);
+        b.cfg.stream = Some("0123456789abcdef0123456789abcdef".into());
+        let f = Arc::new(FileInfo::new("a".into(), 1, 1, false));
+        f.note_head(0, &[b'x'; 200]);
+        let t = EventTime { secs: 1, nanos: 2 };
+        b.advance(&f, 100); // where reading starts (a checkpoint)
+        assert_eq!(b.take().unwrap().events, 0);
+        b.push(t, b"\x80");
+        b.advance(&f, 150);
+        b.advance(&f, 170); // a line dropped by the policy
+        b.push(t, b"\x80");
+        b.advance(&f, 230);
+        b.advance(&f, 260);
+        let c = b.take().unwrap();
+        let read = |c: &Chunk| {
+            let mut r = MsgReader::new(&c.payload);
+            r.read_array_len().unwrap();
+            r.read_str_bytes().unwrap();
+            r.read_str_bytes().unwrap();
+            let o = Options::read(&mut r).unwrap();
+            (
+                o.identity.stream.to_vec(),
+                o.identity.source.to_vec(),
+                o.identity.start,
+                o.identity.end,
+                o.identity.events(),
+                [149, 150, 229, 230].map(|w| o.identity.already_written(w).unwrap()),
+            )
+        };
+        let (stream, source, start, end, n, written) = read(&c);
+        assert_eq!(stream, b"0123456789abcdef0123456789abcdef");
+        assert_eq!(source, f.source_id().as_bytes());
+        assert_eq!((start, end, n), (100, 260, 2));
+        assert_eq!(written, [0, 1, 1, 2]);
+        // The next chunk starts where this one ended.
+        b.push(t, b"\x80");
+        b.advance(&f, 300);
+        let (.., start, end, n, _) = read(&b.take().unwrap());
+        assert_eq!((start, end, n), (260, 300, 1));
     }
 
     #[test]

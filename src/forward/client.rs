@@ -324,7 +324,7 @@ impl Client {
     /// Local destination: decode each chunk back to JSON lines, write and
     /// flush them, and count that as the acknowledgement.
     async fn run_local(mut self, out: crate::forward::server::Output) -> ClientEnd {
-        let writer = match crate::forward::server::Writer::start(out) {
+        let writer = match crate::forward::server::Writer::start(out, None) {
             Ok(w) => w,
             Err(e) => {
                 warn!(error = %e, "cannot open the output");

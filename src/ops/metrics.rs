@@ -67,6 +67,7 @@ struct Families {
     recv_bytes: Counters,
     recv_memory_held: Gauges,
     recv_examined: Counters,
+    recv_dup_events: Counters,
     webhook_requests: Counters,
     webhook_events: Counters,
     webhook_rejected: Counters,
@@ -243,6 +244,8 @@ pub struct ReceiverMetrics {
     /// Bytes the frame measurer examined (linear in bytes received however
     /// frames are split into reads).
     pub frame_examined: Counter,
+    /// Events of resent chunks written before (by stream and source offset).
+    pub duplicate_events: Counter,
     messages: Counters,
     rejected: Counters,
 }
@@ -337,6 +340,7 @@ impl Metrics {
             "receiver_rejected_frames", "Frames or connections rejected, by reason", recv_rejected;
             "receiver_dedupe_hits", "Resent chunks recognised and not written twice", recv_dedupe;
             "receiver_bytes", "Bytes received", recv_bytes;
+            "receiver_duplicate_events", "Events of resent chunks not written again: the same stream and source offsets were written before", recv_dup_events;
             "receiver_frame_bytes_examined", "Bytes the frame measurer examined to find message boundaries", recv_examined;
             "receiver_memory_held_bytes", "Bytes held for peers (partial frames, decompression, JSON) across connections", recv_memory_held;
             "webhook_requests", "Webhook requests answered, by HTTP status code", webhook_requests;
@@ -405,6 +409,7 @@ impl Metrics {
             bytes: f.recv_bytes.get_or_create(&vec![]).clone(),
             memory_held: f.recv_memory_held.get_or_create(&vec![]).clone(),
             frame_examined: f.recv_examined.get_or_create(&vec![]).clone(),
+            duplicate_events: f.recv_dup_events.get_or_create(&vec![]).clone(),
             messages: f.recv_messages.clone(),
             rejected: f.recv_rejected.clone(),
         }

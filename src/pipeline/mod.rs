@@ -161,6 +161,44 @@ pub fn checkpoint_path(cfg: &Config, label: &str) -> PathBuf {
     cfg.state_dir.join(format!("checkpoint-{label}.json"))
 }
 
+/// This output's stream id (sent with every chunk, see
+/// `forward::protocol::identity`): created once, then read from
+/// `<state_dir>/stream-<label>.id`, so events read again after a restart
+/// carry the same identity.
+pub fn stream_id(cfg: &Config, label: &str) -> Result<String, PipelineError> {
+    let path = cfg.state_dir.join(format!("stream-{label}.id"));
+    let err = |source| PipelineError::StateDir {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(s) => {
+            let id = s.trim();
+            if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Ok(id.to_string());
+            }
+            tracing::warn!(path = %path.display(), "stream id file is damaged: a new stream starts (the receiver cannot recognise events sent before)");
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let id = hex::encode(rand::random::<[u8; 16]>());
+    let tmp = path.with_extension("id.tmp");
+    {
+        use std::io::Write;
+        let mut f = crate::ops::files::options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(err)?;
+        f.write_all(id.as_bytes()).map_err(err)?;
+        f.sync_all().map_err(err)?;
+    }
+    std::fs::rename(&tmp, &path).map_err(err)?;
+    Ok(id)
+}
+
 async fn collect_spool(
     dir: &std::path::Path,
     cps: &[PathBuf],

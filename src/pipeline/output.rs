@@ -118,6 +118,7 @@ impl OutputPlan<'_> {
                 gzip: o.gzip.then_some(o.gzip_level),
                 recycler,
                 pending,
+                stream: Some(super::stream_id(cfg, &self.label)?),
             }),
             load_policy(o)?,
             chunk_tx,

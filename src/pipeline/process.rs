@@ -253,6 +253,9 @@ fn seal(batcher: &mut Batcher, tx: &mpsc::Sender<Chunk>, m: &OutputMetrics) -> R
 impl LineSink for Processor {
     fn start(&mut self, file: &Arc<FileInfo>, offset: u64) -> Result<(), Stopped> {
         self.run_filters()?;
+        // The previous file's events go in a chunk of their own: a chunk
+        // names one source file (forward::protocol::identity).
+        self.flush()?;
         self.batcher.advance(file, offset);
         self.flush()
     }

@@ -11,6 +11,10 @@ use std::sync::{Arc, Mutex};
 /// How many leading bytes of a file identify it across renames and gzip.
 pub const FINGERPRINT_BYTES: usize = 1024;
 
+/// How many leading bytes name a file in chunk identities (an audit event
+/// carries its unique auditID within its first ~120 bytes).
+pub const SOURCE_ID_BYTES: usize = 160;
+
 /// One file being (or having been) read. Shared by the positions that point
 /// into it.
 #[derive(Debug)]
@@ -26,6 +30,8 @@ pub struct FileInfo {
     /// Its length once it was rotated and read to the end (`u64::MAX`:
     /// still growing, or not read to the end).
     final_len: AtomicU64,
+    /// [`FileInfo::source_id`], once the file has its first bytes.
+    source_id: std::sync::OnceLock<String>,
 }
 
 impl FileInfo {
@@ -37,6 +43,7 @@ impl FileInfo {
             gz,
             head: Mutex::new(Vec::new()),
             final_len: AtomicU64::new(u64::MAX),
+            source_id: std::sync::OnceLock::new(),
         }
     }
 
@@ -63,6 +70,21 @@ impl FileInfo {
             let take = (FINGERPRINT_BYTES - h.len()).min(new.len());
             h.extend_from_slice(&new[..take]);
         }
+    }
+
+    /// The file's name in chunk identities: 32 hex digits of the SHA-256 of
+    /// its first [`SOURCE_ID_BYTES`] (of fewer while it is shorter; fixed
+    /// once it has them). The same after a rename or gzip.
+    pub fn source_id(&self) -> String {
+        if let Some(s) = self.source_id.get() {
+            return s.clone();
+        }
+        let h = self.head_prefix(SOURCE_ID_BYTES);
+        let id = hex::encode(&Sha256::digest(&h)[..16]);
+        if h.len() == SOURCE_ID_BYTES {
+            let _ = self.source_id.set(id.clone());
+        }
+        id
     }
 
     /// Up to `n` of the first bytes read.

@@ -5,6 +5,7 @@
 
 pub mod frame;
 pub mod handshake;
+pub mod identity;
 use crate::record::reader::{MsgReader, ReadError};
 use crate::record::write::write_str;
 
@@ -21,6 +22,8 @@ pub struct Options<'a> {
     /// sends it in Message mode (plugins/out_forward/forward_format.c,
     /// `append_options`); not in the spec.
     pub metadata: Option<&'a [u8]>,
+    /// This program's source identity (`af_*`, [`identity`]).
+    pub identity: identity::Identity<'a>,
 }
 
 impl<'a> Options<'a> {
@@ -49,6 +52,7 @@ impl<'a> Options<'a> {
                         o.metadata = Some(raw);
                     }
                 }
+                k if o.identity.read_option(k, r)? => {}
                 _ => r.skip_value()?,
             }
         }

@@ -3,8 +3,10 @@
 
 use super::Shared;
 use super::message::{self, MessageError};
+use super::streams::Record;
 use crate::forward::protocol::encode_ack;
 use crate::forward::protocol::frame::{self, Frame, FrameError};
+use crate::forward::protocol::identity::Identity;
 use crate::transport::Stream;
 use crate::transport::limits::{Held, MinRate};
 use crate::transport::listen::Slot;
@@ -62,6 +64,42 @@ impl ConnError {
             ConnError::Auth(_) => "handshake",
         }
     }
+}
+
+/// A chunk's identity, owned (it outlives the frame across awaits).
+struct Ident {
+    stream: String,
+    source: String,
+    start: u64,
+    end: u64,
+    ends: Vec<u8>,
+}
+
+impl Ident {
+    fn view(&self) -> Identity<'_> {
+        Identity {
+            stream: self.stream.as_bytes(),
+            source: self.source.as_bytes(),
+            start: self.start,
+            end: self.end,
+            ends: &self.ends,
+        }
+    }
+}
+
+/// Removes the first `n` JSON lines of `out` (one per record).
+fn drop_lines(out: &mut Vec<u8>, n: u64) {
+    let mut at = 0;
+    for _ in 0..n {
+        match memchr::memchr(b'\n', &out[at..]) {
+            Some(i) => at += i + 1,
+            None => {
+                at = out.len();
+                break;
+            }
+        }
+    }
+    out.drain(..at);
 }
 
 pub struct Connection {
@@ -299,6 +337,15 @@ impl Connection {
         self.shared.m.message(d.mode.as_str());
         let chunk = d.chunk.map(|c| c.to_vec());
         let events = d.events;
+        // This program's source identity: drop what was written before,
+        // whatever batch it came in (protocol::identity).
+        let ident = (d.identity.is_set() && d.identity.events() == events).then(|| Ident {
+            stream: String::from_utf8_lossy(d.identity.stream).into_owned(),
+            source: String::from_utf8_lossy(d.identity.source).into_owned(),
+            start: d.identity.start,
+            end: d.identity.end,
+            ends: d.identity.ends.to_vec(),
+        });
         let dup = chunk.as_ref().is_some_and(|c| {
             self.shared
                 .dedupe
@@ -306,14 +353,39 @@ impl Connection {
                 .map(|g| g.contains(c))
                 .unwrap_or(false)
         });
+        let mut _stream_lock = None;
+        let mut skip = 0;
+        if let (Some(id), false) = (&ident, dup) {
+            let streams = &self.shared.streams;
+            _stream_lock = Some(streams.lock(&id.stream).await);
+            let written = streams.written(&id.stream, &id.source);
+            skip = id
+                .view()
+                .already_written(written)
+                .ok_or(MessageError::Shape(
+                    "af_ends is not a list of LEB128 offsets",
+                ))?;
+            if skip > 0 {
+                drop_lines(&mut out, skip);
+                self.shared.m.duplicate_events.inc_by(skip);
+                debug!(peer = %self.peer, events = skip, "events written before (same stream and source offsets): not written again");
+            }
+        }
         if dup {
             self.shared.m.dedupe_hits.inc();
             debug!(peer = %self.peer, "resent chunk already written; acking without writing");
-        } else if !out.is_empty() {
-            let (r, back) = self.shared.writer.write(out).await;
-            r.map_err(ConnError::Output)?;
-            out = back;
-            self.shared.m.events.inc_by(events);
+        } else {
+            let record = ident.as_ref().map(|id| Record {
+                stream: id.stream.clone(),
+                source: id.source.clone(),
+                end: id.end,
+            });
+            if !out.is_empty() || record.is_some() {
+                let (r, back) = self.shared.writer.write_recorded(out, record).await;
+                r.map_err(ConnError::Output)?;
+                out = back;
+                self.shared.m.events.inc_by(events - skip);
+            }
             if let Some(c) = &chunk
                 && let Ok(mut g) = self.shared.dedupe.lock()
             {

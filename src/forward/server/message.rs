@@ -88,6 +88,8 @@ pub struct Decoded<'a> {
     pub events: u64,
     /// `chunk` option: the client wants an ack (spec §Option).
     pub chunk: Option<&'a [u8]>,
+    /// This program's source identity options, if sent.
+    pub identity: crate::forward::protocol::identity::Identity<'a>,
 }
 
 /// How records are turned into JSON lines.
@@ -224,6 +226,7 @@ impl Decoder<'_> {
             tag,
             events,
             chunk: opts.chunk,
+            identity: opts.identity,
         }))
     }
 

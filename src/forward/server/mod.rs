@@ -5,6 +5,7 @@
 pub mod connection;
 pub mod dedupe;
 pub mod message;
+pub mod streams;
 pub mod writer;
 
 use crate::ops::logging::RateLimit;
@@ -47,6 +48,9 @@ pub struct ServerConfig {
     pub security: Option<crate::forward::auth::ServerSecurity>,
     /// TLS (optionally requiring client certificates).
     pub tls: Option<crate::transport::tls::ServerTls>,
+    /// Where the record of what was written per stream is kept across
+    /// restarts (`None`: in memory only).
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 /// Shared by every connection.
@@ -54,6 +58,8 @@ pub struct Shared {
     pub cfg: ServerConfig,
     pub writer: Writer,
     pub dedupe: Mutex<Dedupe>,
+    /// What was written per sender stream and source (exactly once).
+    pub streams: Arc<streams::Streams>,
     /// Memory held for peers, across all connections.
     pub budget: Arc<Budget>,
     pub m: ReceiverMetrics,
@@ -93,7 +99,11 @@ impl Server {
             )),
             None => None,
         };
-        let writer = Writer::start(cfg.output.clone())?;
+        let streams = Arc::new(match &cfg.state_dir {
+            Some(d) => streams::Streams::open(d).map_err(std::io::Error::other)?,
+            None => streams::Streams::in_memory(),
+        });
+        let writer = Writer::start(cfg.output.clone(), Some(streams.clone()))?;
         let listener = Listener {
             name: "receiver",
             limit_key: "receive.max_connections",
@@ -108,6 +118,7 @@ impl Server {
         let shared = Arc::new(Shared {
             dedupe: Mutex::new(Dedupe::new(cfg.dedupe_window)),
             budget: Budget::new(cfg.memory_budget_bytes),
+            streams,
             warn: Mutex::new(RateLimit::with_burst(10, Duration::from_secs(10))),
             cfg,
             writer,
