@@ -662,6 +662,10 @@ pub struct ReceiveSection {
     /// events resent after a restart of either side are not written twice
     /// (unset: remembered while the receiver runs).
     pub state_dir: Option<PathBuf>,
+    /// A source range still missing this long after later ones arrived is
+    /// logged as a GAP and counted (`receiver_gaps_total`).
+    #[serde(with = "humantime_serde")]
+    pub gap_timeout: Duration,
     /// Write the Forward metadata of an entry (fluent-bit's `[[time,
     /// metadata], record]`) into its JSON line under this top-level key;
     /// unset or empty: dropped.
@@ -707,6 +711,7 @@ impl Default for ReceiveSection {
             idle_timeout: Duration::from_secs(600),
             dedupe_window: 4096,
             state_dir: None,
+            gap_timeout: Duration::from_secs(300),
             metadata_key: None,
             tag_key: None,
             shared_key: None,

@@ -101,3 +101,98 @@ fn events_resent_after_either_side_restarts_are_written_once() {
     oneshot(&log, &d.path().join("other-state"), port, &[]);
     assert_eq!(ids(&out).len(), 2 * want.len());
 }
+
+/// A loopback relay between the forwarder and the receiver that swallows
+/// the third Forward message and passes everything else.
+fn lossy_relay(to: u16) -> u16 {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(AtomicUsize::new(0));
+    std::thread::spawn(move || {
+        for c in l.incoming().take(20) {
+            let Ok(mut client) = c else { return };
+            let Ok(mut server) = TcpStream::connect(("127.0.0.1", to)) else {
+                return;
+            };
+            let (mut s2, mut c2) = (server.try_clone().unwrap(), client.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s2, &mut c2);
+            });
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 64 * 1024];
+                loop {
+                    let n = match client.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    use audit_forwarder::forward::protocol::frame::{Frame, measure};
+                    while let Ok(Frame::Complete(len)) = measure(&buf, 64 << 20) {
+                        let msg: Vec<u8> = buf.drain(..len).collect();
+                        if seen.fetch_add(1, Ordering::SeqCst) != 2
+                            && server.write_all(&msg).is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A chunk lost on the way (taken out by a relay; its ack never comes):
+/// the receiver sees the later chunks start past what it accounted for,
+/// keeps the hole open (metric, and a GAP line once `gap_timeout` passed),
+/// and closes it when the forwarder resends the chunk after its ack
+/// timeout. Every event arrives once.
+#[test]
+fn a_chunk_lost_on_the_way_is_a_hole_until_it_is_resent() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out.jsonl");
+    let (rx, rport) = receiver(
+        &out,
+        &[
+            "--set",
+            "receive.gap_timeout=\"1s\"",
+            "--set",
+            "http_listen=\"127.0.0.1:0\"",
+        ],
+    );
+    let hp = http_port(&rx);
+    let relay = lossy_relay(rport);
+    let log = d.path().join("audit.log");
+    let mut w = ApiServerLog::new(&log, 9, Mix::Metadata);
+    w.write(5000);
+    let mut args = forward_args(&log, &d.path().join("state"), relay);
+    for a in [
+        "--oneshot",
+        "--set",
+        "output.max_batch_events=500",
+        "--set",
+        "output.ack_timeout=\"8s\"",
+    ] {
+        args.push(a.into());
+    }
+    let mut fwd = spawn_forward(&args);
+    // The third chunk's range is missing while later ones are written.
+    let gap = rx.wait_log("GAP: a source range");
+    assert!(gap.contains("\"bytes\":"), "{gap}");
+    assert_eq!(fwd.wait_exit(), 0, "{}", fwd.all_logs());
+    let m = wait_metrics(hp, "the hole closed", |m| {
+        metric(m, "audit_forwarder_receiver_open_holes", "") == 0.0
+    });
+    assert_eq!(metric(&m, "audit_forwarder_receiver_gaps_total", ""), 1.0);
+    assert_eq!(metric(&m, "audit_forwarder_receiver_streams", ""), 1.0);
+    let got = ids(&out);
+    let distinct: std::collections::HashSet<&String> = got.iter().collect();
+    let want: std::collections::HashSet<String> = w.written.iter().map(|l| audit_id(l)).collect();
+    assert_eq!((got.len(), distinct.len()), (5000, 5000));
+    assert!(want.iter().all(|i| distinct.contains(i)));
+}

@@ -46,6 +46,7 @@ async fn receiver(
             idle_timeout: Duration::from_secs(60),
             dedupe_window: 4096,
             state_dir: None,
+            gap_timeout: Duration::from_secs(300),
             metadata_key: None,
             tag_key: None,
             output: Output::File(out.to_path_buf()),

@@ -41,6 +41,7 @@ pub async fn run(cli: &Cli, a: &ReceiveArgs) -> anyhow::Result<ExitCode> {
             idle_timeout: r.idle_timeout,
             dedupe_window: r.dedupe_window,
             state_dir: r.state_dir.clone(),
+            gap_timeout: r.gap_timeout,
             metadata_key: r.metadata_key.clone().filter(|k| !k.is_empty()),
             tag_key: r.tag_key.clone().filter(|k| !k.is_empty()),
             output,

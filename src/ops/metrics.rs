@@ -68,6 +68,10 @@ struct Families {
     recv_memory_held: Gauges,
     recv_examined: Counters,
     recv_dup_events: Counters,
+    recv_streams: Gauges,
+    recv_open_holes: Gauges,
+    recv_hole_age: Gauges,
+    recv_gaps: Counters,
     webhook_requests: Counters,
     webhook_events: Counters,
     webhook_rejected: Counters,
@@ -246,6 +250,11 @@ pub struct ReceiverMetrics {
     pub frame_examined: Counter,
     /// Events of resent chunks written before (by stream and source offset).
     pub duplicate_events: Counter,
+    /// Sender streams known, open holes, the oldest one's age, gaps logged.
+    pub streams: Gauge,
+    pub open_holes: Gauge,
+    pub oldest_hole_age: Gauge,
+    pub gaps: Counter,
     messages: Counters,
     rejected: Counters,
 }
@@ -340,6 +349,10 @@ impl Metrics {
             "receiver_rejected_frames", "Frames or connections rejected, by reason", recv_rejected;
             "receiver_dedupe_hits", "Resent chunks recognised and not written twice", recv_dedupe;
             "receiver_bytes", "Bytes received", recv_bytes;
+            "receiver_streams", "Sender streams (state directory and output) the receiver keeps a record of", recv_streams;
+            "receiver_open_holes", "Source ranges not received although later ones were (a chunk lost on the way, not yet resent)", recv_open_holes;
+            "receiver_oldest_hole_age_seconds", "Age of the oldest open hole", recv_hole_age;
+            "receiver_gaps", "Holes open longer than receive.gap_timeout, each logged as a GAP", recv_gaps;
             "receiver_duplicate_events", "Events of resent chunks not written again: the same stream and source offsets were written before", recv_dup_events;
             "receiver_frame_bytes_examined", "Bytes the frame measurer examined to find message boundaries", recv_examined;
             "receiver_memory_held_bytes", "Bytes held for peers (partial frames, decompression, JSON) across connections", recv_memory_held;
@@ -410,6 +423,10 @@ impl Metrics {
             memory_held: f.recv_memory_held.get_or_create(&vec![]).clone(),
             frame_examined: f.recv_examined.get_or_create(&vec![]).clone(),
             duplicate_events: f.recv_dup_events.get_or_create(&vec![]).clone(),
+            streams: f.recv_streams.get_or_create(&vec![]).clone(),
+            open_holes: f.recv_open_holes.get_or_create(&vec![]).clone(),
+            oldest_hole_age: f.recv_hole_age.get_or_create(&vec![]).clone(),
+            gaps: f.recv_gaps.get_or_create(&vec![]).clone(),
             messages: f.recv_messages.clone(),
             rejected: f.recv_rejected.clone(),
         }

@@ -119,6 +119,28 @@ impl<'a> Identity<'a> {
         (shift == 0).then_some(n)
     }
 
+    /// The end offsets of the events, in entry order; `None` if `af_ends`
+    /// is malformed.
+    pub fn event_ends(&self) -> Option<Vec<u64>> {
+        let mut out = Vec::with_capacity(self.ends.len());
+        let mut at = self.start;
+        let (mut v, mut shift) = (0u64, 0u32);
+        for &b in self.ends {
+            if shift >= 64 {
+                return None;
+            }
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 != 0 {
+                shift += 7;
+                continue;
+            }
+            at = at.checked_add(v)?;
+            out.push(at);
+            (v, shift) = (0, 0);
+        }
+        (shift == 0).then_some(out)
+    }
+
     /// The number of events `af_ends` lists.
     pub fn events(&self) -> u64 {
         self.ends.iter().filter(|&&b| b & 0x80 == 0).count() as u64
@@ -156,6 +178,7 @@ mod tests {
         assert_eq!(id.already_written(299_999), Some(2));
         assert_eq!(id.already_written(300_200), Some(4));
         assert_eq!(id.already_written(u64::MAX), Some(4));
+        assert_eq!(id.event_ends(), Some(ends.to_vec()));
     }
 
     #[test]

@@ -87,19 +87,19 @@ impl Ident {
     }
 }
 
-/// Removes the first `n` JSON lines of `out` (one per record).
-fn drop_lines(out: &mut Vec<u8>, n: u64) {
+/// Keeps the JSON lines of `out` (one per record) whose `keep` is true.
+fn keep_lines(out: &mut Vec<u8>, keep: &[bool]) {
+    let mut kept = Vec::with_capacity(out.len());
     let mut at = 0;
-    for _ in 0..n {
-        match memchr::memchr(b'\n', &out[at..]) {
-            Some(i) => at += i + 1,
-            None => {
-                at = out.len();
-                break;
-            }
+    for &k in keep {
+        let end = memchr::memchr(b'\n', &out[at..]).map_or(out.len(), |i| at + i + 1);
+        if k {
+            kept.extend_from_slice(&out[at..end]);
         }
+        at = end;
     }
-    out.drain(..at);
+    kept.extend_from_slice(&out[at..]);
+    *out = kept;
 }
 
 pub struct Connection {
@@ -359,14 +359,13 @@ impl Connection {
             let streams = &self.shared.streams;
             _stream_lock = Some(streams.lock(&id.stream).await);
             let written = streams.written(&id.stream, &id.source);
-            skip = id
-                .view()
-                .already_written(written)
-                .ok_or(MessageError::Shape(
-                    "af_ends is not a list of LEB128 offsets",
-                ))?;
+            let ends = id.view().event_ends().ok_or(MessageError::Shape(
+                "af_ends is not a list of LEB128 offsets",
+            ))?;
+            let keep: Vec<bool> = ends.iter().map(|&e| !written.has(e)).collect();
+            skip = keep.iter().filter(|&&k| !k).count() as u64;
             if skip > 0 {
-                drop_lines(&mut out, skip);
+                keep_lines(&mut out, &keep);
                 self.shared.m.duplicate_events.inc_by(skip);
                 debug!(peer = %self.peer, events = skip, "events written before (same stream and source offsets): not written again");
             }
@@ -378,6 +377,7 @@ impl Connection {
             let record = ident.as_ref().map(|id| Record {
                 stream: id.stream.clone(),
                 source: id.source.clone(),
+                start: id.start,
                 end: id.end,
             });
             if !out.is_empty() || record.is_some() {

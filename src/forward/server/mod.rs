@@ -51,6 +51,8 @@ pub struct ServerConfig {
     /// Where the record of what was written per stream is kept across
     /// restarts (`None`: in memory only).
     pub state_dir: Option<std::path::PathBuf>,
+    /// Holes open this long are logged as gaps.
+    pub gap_timeout: Duration,
 }
 
 /// Shared by every connection.
@@ -133,6 +135,7 @@ impl Server {
 
     /// Accepts until `shutdown` turns true.
     pub async fn serve(self, shutdown: watch::Receiver<bool>) {
+        tokio::spawn(watch_holes(self.shared.clone(), shutdown.clone()));
         let shared = self.shared.clone();
         self.listener
             .serve(self.shared, shutdown, move |a| {
@@ -156,3 +159,27 @@ impl Server {
             .await
     }
 }
+
+/// Every few seconds: the streams' completeness in the metrics, and each
+/// hole open longer than `gap_timeout` logged once as a GAP.
+async fn watch_holes(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let rep = shared.streams.holes(shared.cfg.gap_timeout);
+        let m = &shared.m;
+        m.streams.set(rep.streams as i64);
+        m.open_holes.set(rep.open as i64);
+        m.oldest_hole_age.set(rep.oldest_age_secs as i64);
+        for (stream, source, from, to, age) in rep.new_gaps {
+            m.gaps.inc();
+            warn!(%stream, %source, from, to, bytes = to - from, age_secs = age,
+                "GAP: a source range of this stream was not received although later ones were; it stays counted until the sender resends it");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(HOLE_CHECK) => {}
+            _ = crate::stopped(&mut shutdown) => return,
+        }
+    }
+}
+
+/// How often holes are checked.
+const HOLE_CHECK: Duration = Duration::from_secs(2);

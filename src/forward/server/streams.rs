@@ -22,8 +22,92 @@ pub const MAX_STREAMS: usize = 10_000;
 struct StreamState {
     /// Update counter when last used (for forgetting the least recent).
     used: u64,
-    /// (source id, end of what was written), oldest first.
-    sources: Vec<(String, u64)>,
+    /// Oldest first.
+    sources: Vec<Source>,
+}
+
+/// What was written of one source file of a stream.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Source {
+    pub id: String,
+    /// Everything up to here is accounted for, except the holes.
+    pub end: u64,
+    /// Byte ranges `(from, to]` of the source no chunk has covered yet,
+    /// though later ones arrived (a chunk lost on the way, or not yet
+    /// resent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holes: Vec<Hole>,
+}
+
+/// A range of a source not accounted for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hole {
+    pub from: u64,
+    pub to: u64,
+    /// When it opened (Unix seconds).
+    pub since: u64,
+    /// Logged as a gap already.
+    #[serde(default)]
+    pub reported: bool,
+}
+
+impl Source {
+    /// Was the event ending at `e` written?
+    pub fn has(&self, e: u64) -> bool {
+        e <= self.end && !self.holes.iter().any(|h| h.from < e && e <= h.to)
+    }
+
+    /// Accounts for the chunk covering `(start, end]`.
+    fn cover(&mut self, start: u64, end: u64, now: u64) {
+        if start > self.end {
+            self.holes.push(Hole {
+                from: self.end,
+                to: start,
+                since: now,
+                reported: false,
+            });
+        }
+        self.end = self.end.max(end);
+        let mut rest = Vec::with_capacity(self.holes.len());
+        for h in self.holes.drain(..) {
+            // Keep what the chunk does not cover.
+            if h.from < start.min(h.to) {
+                rest.push(Hole {
+                    to: start.min(h.to),
+                    ..h.clone()
+                });
+            }
+            if h.to > end.max(h.from) {
+                rest.push(Hole {
+                    from: end.max(h.from),
+                    ..h
+                });
+            }
+        }
+        rest.truncate(MAX_HOLES);
+        self.holes = rest;
+    }
+}
+
+/// Holes remembered per source (more means the sender is very broken; the
+/// oldest are kept, the rest only counted as one).
+pub const MAX_HOLES: usize = 64;
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Holes across all streams, for the metrics and the gap log.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct HoleReport {
+    pub streams: usize,
+    pub open: usize,
+    pub oldest_age_secs: u64,
+    /// Holes open longer than the timeout, not reported before:
+    /// (stream, source, from, to, age).
+    pub new_gaps: Vec<(String, String, u64, u64, u64)>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -45,16 +129,17 @@ pub struct Intent {
     pub ino: u64,
     pub before: u64,
     pub after: u64,
-    /// (stream, source, end before this write; 0: none).
+    /// (stream, what was known of the source before this write).
     #[serde(default)]
-    pub rollback: Vec<(String, String, u64)>,
+    pub rollback: Vec<(String, String, Option<Source>)>,
 }
 
-/// One chunk's record: its stream and source were written up to `end`.
+/// One chunk's record: it accounted for `(start, end]` of `source`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     pub stream: String,
     pub source: String,
+    pub start: u64,
     pub end: u64,
 }
 
@@ -148,23 +233,25 @@ impl Streams {
         m.lock_owned().await
     }
 
-    /// The end of what was written of `source` in `stream` (0: nothing).
-    pub fn written(&self, stream: &str, source: &str) -> u64 {
+    /// What was written of `source` in `stream` (empty: nothing).
+    pub fn written(&self, stream: &str, source: &str) -> Source {
         let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         s.1.get(stream)
-            .and_then(|st| st.sources.iter().find(|(id, _)| id == source))
-            .map_or(0, |&(_, end)| end)
+            .and_then(|st| st.sources.iter().find(|x| x.id == source))
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Records `recs` and saves the record, with `intent` (a file write
-    /// about to happen) or after the write (`None`). Returns the ends
+    /// about to happen) or after the write (`None`). Returns what was known
     /// before, for [`Streams::rollback`].
     pub fn apply(
         &self,
         recs: &[Record],
         intent: Option<Intent>,
-    ) -> Result<Vec<(String, String, u64)>, StreamsError> {
+    ) -> Result<Vec<(String, String, Option<Source>)>, StreamsError> {
         let mut prev = Vec::with_capacity(recs.len());
+        let now = unix_now();
         {
             let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
             for r in recs {
@@ -181,17 +268,23 @@ impl Streams {
                 }
                 let st = g.1.entry(r.stream.clone()).or_default();
                 st.used = used;
-                match st.sources.iter_mut().find(|(id, _)| *id == r.source) {
-                    Some((_, e)) => {
-                        prev.push((r.stream.clone(), r.source.clone(), *e));
-                        *e = (*e).max(r.end);
+                match st.sources.iter_mut().find(|x| x.id == r.source) {
+                    Some(src) => {
+                        prev.push((r.stream.clone(), r.source.clone(), Some(src.clone())));
+                        src.cover(r.start, r.end, now);
                     }
                     None => {
-                        prev.push((r.stream.clone(), r.source.clone(), 0));
+                        // The first chunk of a source seen: where the sender
+                        // began reading it, not a hole.
+                        prev.push((r.stream.clone(), r.source.clone(), None));
                         if st.sources.len() >= MAX_SOURCES {
                             st.sources.remove(0);
                         }
-                        st.sources.push((r.source.clone(), r.end));
+                        st.sources.push(Source {
+                            id: r.source.clone(),
+                            end: r.end,
+                            holes: Vec::new(),
+                        });
                     }
                 }
             }
@@ -204,24 +297,57 @@ impl Streams {
         Ok(prev)
     }
 
-    /// Puts back the ends from before a write that failed or did not
+    /// Puts back what was known before a write that failed or did not
     /// complete, and saves.
-    pub fn rollback(&self, prev: &[(String, String, u64)]) -> Result<(), StreamsError> {
+    pub fn rollback(&self, prev: &[(String, String, Option<Source>)]) -> Result<(), StreamsError> {
         {
             let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            for (stream, source, end) in prev.iter().rev() {
+            for (stream, source, before) in prev.iter().rev() {
                 if let Some(st) = g.1.get_mut(stream) {
-                    if *end == 0 {
-                        st.sources.retain(|(id, _)| id != source);
-                    } else if let Some((_, e)) = st.sources.iter_mut().find(|(id, _)| id == source)
-                    {
-                        *e = *end;
+                    match before {
+                        None => st.sources.retain(|x| x.id != *source),
+                        Some(b) => {
+                            if let Some(x) = st.sources.iter_mut().find(|x| x.id == *source) {
+                                *x = b.clone();
+                            }
+                        }
                     }
                 }
             }
         }
         *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.persist()
+    }
+
+    /// Counts the open holes; those open longer than `timeout` and not
+    /// reported before are returned once (and marked).
+    pub fn holes(&self, timeout: std::time::Duration) -> HoleReport {
+        let now = unix_now();
+        let mut r = HoleReport::default();
+        let mut marked = false;
+        {
+            let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            r.streams = g.1.len();
+            for (stream, st) in g.1.iter_mut() {
+                for src in &mut st.sources {
+                    for h in &mut src.holes {
+                        let age = now.saturating_sub(h.since);
+                        r.open += 1;
+                        r.oldest_age_secs = r.oldest_age_secs.max(age);
+                        if !h.reported && age >= timeout.as_secs() {
+                            h.reported = true;
+                            marked = true;
+                            r.new_gaps
+                                .push((stream.clone(), src.id.clone(), h.from, h.to, age));
+                        }
+                    }
+                }
+            }
+        }
+        if marked {
+            let _ = self.persist();
+        }
+        r
     }
 
     /// At start: completes the account of the write that was in progress.
@@ -301,10 +427,11 @@ mod tests {
     fn written_ends_survive_a_restart_and_stay_bounded() {
         let d = tempfile::tempdir().unwrap();
         let s = Streams::open(d.path()).unwrap();
-        assert_eq!(s.written("a", "f1"), 0);
+        assert_eq!(s.written("a", "f1").end, 0);
         let rec = |stream: &str, source: &str, end| Record {
             stream: stream.into(),
             source: source.into(),
+            start: 0,
             end,
         };
         s.apply(&[rec("a", "f1", 100)], None).unwrap();
@@ -316,10 +443,14 @@ mod tests {
         s.apply(&[rec("b", "new", 7)], None).unwrap();
         drop(s);
         let s = Streams::open(d.path()).unwrap();
-        assert_eq!(s.written("a", "f1"), 100);
-        assert_eq!(s.written("b", "g0"), 0, "the oldest source was forgotten");
-        assert_eq!(s.written("b", "g1"), 1);
-        assert_eq!(s.written("b", "new"), 7);
+        assert_eq!(s.written("a", "f1").end, 100);
+        assert_eq!(
+            s.written("b", "g0").end,
+            0,
+            "the oldest source was forgotten"
+        );
+        assert_eq!(s.written("b", "g1").end, 1);
+        assert_eq!(s.written("b", "new").end, 7);
         assert_eq!(s.len(), 2);
     }
 
@@ -336,6 +467,7 @@ mod tests {
         let r = |end| Record {
             stream: "s".into(),
             source: "f".into(),
+            start: 0,
             end,
         };
         s.apply(&[r(10)], None).unwrap();
@@ -351,7 +483,7 @@ mod tests {
         std::fs::write(&out, b"{\"a\":1}\n{\"b\":2").unwrap();
         drop(s);
         let s = Streams::open(d.path()).unwrap();
-        assert_eq!(s.written("s", "f"), 10, "rolled back");
+        assert_eq!(s.written("s", "f").end, 10, "rolled back");
         assert_eq!(
             std::fs::read(&out).unwrap(),
             b"{\"a\":1}\n",
@@ -362,8 +494,41 @@ mod tests {
         std::fs::write(&out, b"{\"a\":1}\n{\"b\":2}\n").unwrap();
         drop(s);
         let s = Streams::open(d.path()).unwrap();
-        assert_eq!(s.written("s", "f"), 20);
+        assert_eq!(s.written("s", "f").end, 20);
         assert_eq!(std::fs::read(&out).unwrap().len(), 16);
+    }
+
+    /// A chunk that starts past what was accounted for opens a hole; the
+    /// events in it are not taken for written; the chunk that covers it
+    /// (the resend) closes it.
+    #[test]
+    fn holes_open_and_close() {
+        let s = Streams::in_memory();
+        let r = |start, end| Record {
+            stream: "s".into(),
+            source: "f".into(),
+            start,
+            end,
+        };
+        s.apply(&[r(0, 100)], None).unwrap();
+        s.apply(&[r(200, 300)], None).unwrap(); // (100, 200] lost on the way
+        let w = s.written("s", "f");
+        assert_eq!(w.end, 300);
+        assert!(w.has(100) && !w.has(150) && !w.has(200) && w.has(250));
+        let rep = s.holes(std::time::Duration::ZERO);
+        assert_eq!((rep.open, rep.new_gaps.len()), (1, 1));
+        assert_eq!(rep.new_gaps[0].2..rep.new_gaps[0].3, 100..200);
+        assert_eq!(
+            s.holes(std::time::Duration::ZERO).new_gaps.len(),
+            0,
+            "reported once"
+        );
+        s.apply(&[r(100, 150)], None).unwrap(); // part of it resent
+        assert_eq!(s.written("s", "f").holes.len(), 1);
+        assert!(s.written("s", "f").has(150));
+        s.apply(&[r(150, 200)], None).unwrap();
+        assert_eq!(s.holes(std::time::Duration::ZERO).open, 0);
+        assert!(s.written("s", "f").has(200));
     }
 
     #[test]
