@@ -183,7 +183,9 @@ $sudo chown 65532:65532 "$t/out" "$t/state"
 # network namespace (as a sidecar shares its pod's).
 podman run -d --name af-smoke-rcv "${hardened[@]}" --network none -v "$t/out:/out" "$IMAGE" \
   receive --set receive.listen='"127.0.0.1:24224"' --set receive.output='"/out/events.jsonl"' >/dev/null
-python3 - "$t/log/audit.log" "$EVENTS" 0 <<'PY'
+# Appends audit events smoke-<start>…smoke-<start+n-1> to the log.
+write_events() {
+  python3 - "$t/log/audit.log" "$2" "$1" <<'PY'
 import json, sys
 path, n, start = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 with open(path, "a") as f:
@@ -193,6 +195,8 @@ with open(path, "a") as f:
             "requestURI": "/api/v1/namespaces/default/pods", "user": {"username": "smoke"},
             "stageTimestamp": "2026-01-01T00:00:00.000000Z"}) + "\n")
 PY
+}
+write_events 0 "$EVENTS"
 chmod -R a+rX "$t/log"
 fwd() {
   podman run -d --name af-smoke-fwd "${hardened[@]}" --network container:af-smoke-rcv \
@@ -214,16 +218,7 @@ fwd
 wait_lines "$EVENTS"
 podman stop -t 10 af-smoke-fwd >/dev/null   # SIGTERM: acks drained, checkpoint written
 podman rm af-smoke-fwd >/dev/null
-python3 - "$t/log/audit.log" "$EVENTS" "$EVENTS" <<'PY'
-import json, sys
-path, n, start = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-with open(path, "a") as f:
-    for i in range(start, start + n):
-        f.write(json.dumps({"kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata",
-            "auditID": "smoke-%06d" % i, "stage": "ResponseComplete", "verb": "get",
-            "requestURI": "/api/v1/namespaces/default/pods", "user": {"username": "smoke"},
-            "stageTimestamp": "2026-01-01T00:00:00.000000Z"}) + "\n")
-PY
+write_events "$EVENTS" "$EVENTS"
 fwd
 wait_lines $((2 * EVENTS))
 python3 - "$t/out/events.jsonl" $((2 * EVENTS)) <<'PY'

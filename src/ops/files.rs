@@ -49,6 +49,36 @@ pub fn options() -> std::fs::OpenOptions {
     o
 }
 
+/// Replaces `path` with `body` atomically: a temp file beside it (created
+/// with [`file_mode`]), optionally fsynced with its directory, renamed over.
+pub fn write_atomic(path: &Path, body: &[u8], fsync: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let r = options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(body)?;
+            if fsync { f.sync_all() } else { Ok(()) }
+        });
+    if let Err(e) = r {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, path)?;
+    if fsync
+        && let Some(dir) = path.parent()
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
 /// [`create_dir_all`], then, if the directory existed with more
 /// permissions than [`dir_mode`] and this process owns it, narrows it.
 /// Returns the mode it had when narrowed (for the log), or `Err` from the

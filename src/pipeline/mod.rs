@@ -183,19 +183,7 @@ pub fn stream_id(cfg: &Config, label: &str) -> Result<String, PipelineError> {
         Err(e) => return Err(err(e)),
     }
     let id = hex::encode(rand::random::<[u8; 16]>());
-    let tmp = path.with_extension("id.tmp");
-    {
-        use std::io::Write;
-        let mut f = crate::ops::files::options()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(err)?;
-        f.write_all(id.as_bytes()).map_err(err)?;
-        f.sync_all().map_err(err)?;
-    }
-    std::fs::rename(&tmp, &path).map_err(err)?;
+    crate::ops::files::write_atomic(&path, id.as_bytes(), true).map_err(err)?;
     Ok(id)
 }
 

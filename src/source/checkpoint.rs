@@ -7,7 +7,6 @@
 use super::files::Candidate;
 use crate::record::origin::Position;
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -130,25 +129,8 @@ impl Checkpoint {
             path: path.into(),
             source,
         };
-        let tmp = path.with_extension("json.tmp");
         let body = serde_json::to_vec_pretty(self).map_err(|e| err(std::io::Error::other(e)))?;
-        let mut f = crate::ops::files::options()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(err)?;
-        let r = f.write_all(&body).and_then(|_| f.sync_all());
-        if let Err(e) = r {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(err(e));
-        }
-        std::fs::rename(&tmp, path).map_err(err)?;
-        if let Some(dir) = path.parent()
-            && let Ok(d) = std::fs::File::open(dir)
-        {
-            let _ = d.sync_all();
-        }
+        crate::ops::files::write_atomic(path, &body, true).map_err(err)?;
         Ok(())
     }
 

@@ -96,27 +96,8 @@ impl<'a> Identity<'a> {
     /// How many of the chunk's first events end at or before `written`
     /// (they were written before); `None` if `af_ends` is malformed.
     pub fn already_written(&self, written: u64) -> Option<u64> {
-        let mut n = 0;
-        let mut at = self.start;
-        let mut v: u64 = 0;
-        let mut shift = 0u32;
-        for &b in self.ends {
-            if shift >= 64 {
-                return None;
-            }
-            v |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 != 0 {
-                shift += 7;
-                continue;
-            }
-            at = at.checked_add(v)?;
-            if at > written {
-                return Some(n);
-            }
-            n += 1;
-            (v, shift) = (0, 0);
-        }
-        (shift == 0).then_some(n)
+        let ends = self.event_ends()?;
+        Some(ends.iter().take_while(|&&e| e <= written).count() as u64)
     }
 
     /// The end offsets of the events, in entry order; `None` if `af_ends`

@@ -404,18 +404,9 @@ impl Streams {
             source,
         };
         let bytes = serde_json::to_vec(&saved).map_err(|e| io(std::io::Error::other(e)))?;
-        let tmp = path.with_extension("json.tmp");
-        {
-            use std::io::Write;
-            let mut f = crate::ops::files::options()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)
-                .map_err(io)?;
-            f.write_all(&bytes).map_err(io)?;
-        }
-        std::fs::rename(&tmp, path).map_err(io)
+        // Not fsynced: a killed process loses nothing the kernel has; a
+        // machine crash may then write the last chunks a second time.
+        crate::ops::files::write_atomic(path, &bytes, false).map_err(io)
     }
 }
 
