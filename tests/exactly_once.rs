@@ -196,3 +196,37 @@ fn a_chunk_lost_on_the_way_is_a_hole_until_it_is_resent() {
     assert_eq!((got.len(), distinct.len()), (5000, 5000));
     assert!(want.iter().all(|i| distinct.contains(i)));
 }
+
+/// A DATA GAP on the forwarder's side (its checkpointed file rotated away
+/// and deleted while it was down) is sent to the receiver, which logs and
+/// counts it: the receiver's log shows every loss the sender knows of.
+#[test]
+fn a_data_gap_of_the_sender_is_reported_by_the_receiver() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out.jsonl");
+    let (rx, port) = receiver(&out, &["--set", "http_listen=\"127.0.0.1:0\""]);
+    let hp = http_port(&rx);
+    let log = d.path().join("audit.log");
+    let state = d.path().join("state");
+    let mut w = ApiServerLog::new(&log, 11, Mix::Metadata);
+    w.write(100);
+    oneshot(&log, &state, port, &[]);
+    let rotated = w.rotate();
+    w.write(50);
+    std::fs::remove_file(&rotated).unwrap();
+    let f = oneshot(&log, &state, port, &[]);
+    assert!(f.all_logs().contains("DATA GAP"), "{}", f.all_logs());
+    let line = rx.wait_log("GAP reported by the sender");
+    assert!(
+        line.contains(&rotated.display().to_string()) || line.contains("audit.log"),
+        "{line}"
+    );
+    let m = wait_metrics(hp, "one sender gap", |m| {
+        metric(m, "audit_forwarder_receiver_sender_gaps_total", "") == 1.0
+    });
+    assert_eq!(
+        metric(&m, "audit_forwarder_receiver_events_total", ""),
+        150.0
+    );
+    assert_eq!(ids(&out).len(), 150);
+}

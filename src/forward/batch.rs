@@ -4,7 +4,7 @@
 //! sealed, so a record is copied once on its way to the wire.
 
 use crate::forward::protocol::identity;
-use crate::record::origin::{FileInfo, Position};
+use crate::record::origin::{FileInfo, Gap, Position};
 use crate::record::time::EventTime;
 use crate::record::write::write_str;
 use base64::Engine;
@@ -265,6 +265,42 @@ impl Batcher {
     /// Anything (events or a position) to hand on?
     pub fn is_dirty(&self) -> bool {
         self.end.is_some()
+    }
+
+    /// Are chunks sent with their source identity?
+    pub fn sends_identity(&self) -> bool {
+        self.cfg.stream.is_some()
+    }
+
+    /// A chunk that carries no event but the news of a DATA GAP to the
+    /// receiver (`af_gap`, [`identity`]), positioned where the last chunk
+    /// ended (so acknowledging it moves no checkpoint). `None` without a
+    /// stream id, or before anything was read (call again later).
+    pub fn gap_chunk(&mut self, gap: &Gap) -> Option<Chunk> {
+        let stream = self.cfg.stream.clone()?;
+        let (file, offset) = self.last.clone()?;
+        self.seq += 1;
+        let id = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
+        let mut msg = Vec::with_capacity(256 + gap.path.len() + gap.why.len());
+        msg.push(0x93);
+        write_str(&mut msg, self.cfg.tag.as_bytes());
+        let _ = rmp::encode::write_bin(&mut msg, &[]);
+        let _ = rmp::encode::write_map_len(&mut msg, 4);
+        write_str(&mut msg, b"size");
+        let _ = rmp::encode::write_uint(&mut msg, 0);
+        write_str(&mut msg, b"chunk");
+        write_str(&mut msg, id.as_bytes());
+        write_str(&mut msg, b"af_stream");
+        write_str(&mut msg, stream.as_bytes());
+        identity::write_gap(&mut msg, gap);
+        Some(Chunk {
+            seq: self.seq,
+            id,
+            payload: msg,
+            events: 0,
+            end: Position { file, offset },
+            last_time: None,
+        })
     }
 
     /// Seals the batch into a chunk.

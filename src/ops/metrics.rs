@@ -72,6 +72,7 @@ struct Families {
     recv_open_holes: Gauges,
     recv_hole_age: Gauges,
     recv_gaps: Counters,
+    recv_sender_gaps: Counters,
     webhook_requests: Counters,
     webhook_events: Counters,
     webhook_rejected: Counters,
@@ -255,6 +256,8 @@ pub struct ReceiverMetrics {
     pub open_holes: Gauge,
     pub oldest_hole_age: Gauge,
     pub gaps: Counter,
+    /// DATA GAPs the senders reported (`af_gap`).
+    pub sender_gaps: Counter,
     messages: Counters,
     rejected: Counters,
 }
@@ -353,6 +356,7 @@ impl Metrics {
             "receiver_open_holes", "Source ranges not received although later ones were (a chunk lost on the way, not yet resent)", recv_open_holes;
             "receiver_oldest_hole_age_seconds", "Age of the oldest open hole", recv_hole_age;
             "receiver_gaps", "Holes open longer than receive.gap_timeout, each logged as a GAP", recv_gaps;
+            "receiver_sender_gaps", "DATA GAPs reported by senders (files lost before they were read), each logged", recv_sender_gaps;
             "receiver_duplicate_events", "Events of resent chunks not written again: the same stream and source offsets were written before", recv_dup_events;
             "receiver_frame_bytes_examined", "Bytes the frame measurer examined to find message boundaries", recv_examined;
             "receiver_memory_held_bytes", "Bytes held for peers (partial frames, decompression, JSON) across connections", recv_memory_held;
@@ -427,6 +431,7 @@ impl Metrics {
             open_holes: f.recv_open_holes.get_or_create(&vec![]).clone(),
             oldest_hole_age: f.recv_hole_age.get_or_create(&vec![]).clone(),
             gaps: f.recv_gaps.get_or_create(&vec![]).clone(),
+            sender_gaps: f.recv_sender_gaps.get_or_create(&vec![]).clone(),
             messages: f.recv_messages.clone(),
             rejected: f.recv_rejected.clone(),
         }

@@ -36,6 +36,8 @@ pub struct Processor {
     warn_invalid: RateLimit,
     warn_big: RateLimit,
     max_record: usize,
+    /// DATA GAPs waiting to be sent to the receiver.
+    gaps: Vec<crate::record::origin::Gap>,
     filters: Option<Filters>,
     /// Why the output must stop (a filter with `on_error = "stop"` failed).
     pub fatal: Option<String>,
@@ -112,6 +114,7 @@ impl Processor {
             warn_invalid: RateLimit::default(),
             warn_big: RateLimit::default(),
             max_record: usize::MAX,
+            gaps: Vec::new(),
             filters: None,
             fatal: None,
         }
@@ -231,6 +234,29 @@ impl Processor {
         seal(&mut self.batcher, &self.tx, &self.m)
     }
 
+    /// Sends the gaps waiting as chunks of their own, after what was read
+    /// before them; they wait while nothing was read yet (no position).
+    fn send_gaps(&mut self) -> Result<(), Stopped> {
+        if self.gaps.is_empty() {
+            return Ok(());
+        }
+        if !self.batcher.sends_identity() {
+            self.gaps.clear();
+            return Ok(());
+        }
+        self.run_filters()?;
+        self.flush()?;
+        while let Some(g) = self.gaps.first() {
+            let Some(c) = self.batcher.gap_chunk(g) else {
+                break;
+            };
+            self.gaps.remove(0);
+            self.m.add_buffered(c.payload.len() as i64);
+            self.tx.blocking_send(c).map_err(|_| Stopped)?;
+        }
+        Ok(())
+    }
+
     fn maybe_flush(&mut self) -> Result<(), Stopped> {
         if self.batcher.should_flush() {
             self.flush()
@@ -257,7 +283,8 @@ impl LineSink for Processor {
         // names one source file (forward::protocol::identity).
         self.flush()?;
         self.batcher.advance(file, offset);
-        self.flush()
+        self.flush()?;
+        self.send_gaps()
     }
 
     fn line(&mut self, line: &[u8], file: &Arc<FileInfo>, end: u64) -> Result<(), Stopped> {
@@ -419,6 +446,11 @@ impl LineSink for Processor {
         }
         self.batcher.advance(file, end);
         self.maybe_flush()
+    }
+
+    fn gap(&mut self, gap: &crate::record::origin::Gap) -> Result<(), Stopped> {
+        self.gaps.push(gap.clone());
+        self.send_gaps()
     }
 
     fn idle(&mut self) -> Result<(), Stopped> {

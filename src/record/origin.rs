@@ -114,3 +114,33 @@ pub struct Position {
     pub file: Arc<FileInfo>,
     pub offset: u64,
 }
+
+/// A loss the source reports (a DATA GAP): `bytes` of `path` from `offset`
+/// on (0: unknown) will not be forwarded, because `why`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    pub path: String,
+    pub offset: u64,
+    pub bytes: u64,
+    pub why: String,
+}
+
+/// Gaps reported and not yet handed on (shared by the tail and its holder).
+#[derive(Debug, Clone, Default)]
+pub struct GapLog(Arc<Mutex<Vec<Gap>>>);
+
+impl GapLog {
+    pub fn push(&self, g: Gap) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push(g);
+        }
+    }
+
+    /// The gaps reported since the last call.
+    pub fn take(&self) -> Vec<Gap> {
+        self.0
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
+    }
+}

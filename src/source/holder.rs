@@ -29,7 +29,7 @@
 
 use super::files::{self, Candidate};
 use crate::ops::metrics::OutputMetrics;
-use crate::record::origin::{FINGERPRINT_BYTES, FileInfo};
+use crate::record::origin::{FINGERPRINT_BYTES, FileInfo, Gap, GapLog};
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -67,13 +67,15 @@ pub struct Holder {
     gz_heads: HashMap<(u64, u64, u64), Vec<u8>>,
     max_held_bytes: u64,
     m: OutputMetrics,
+    /// Where reported gaps go on to the outputs.
+    gaps: GapLog,
 }
 
 /// Files the tail finished that are remembered (to tell copies of them).
 const DONE_KEPT: usize = 64;
 
 impl Holder {
-    pub fn new(path: PathBuf, max_held_bytes: u64, m: OutputMetrics) -> Self {
+    pub fn new(path: PathBuf, max_held_bytes: u64, m: OutputMetrics, gaps: GapLog) -> Self {
         Holder {
             path,
             reading: None,
@@ -82,6 +84,7 @@ impl Holder {
             gz_heads: HashMap::new(),
             max_held_bytes,
             m,
+            gaps,
         }
     }
 
@@ -302,14 +305,28 @@ impl Holder {
 
     /// Reports `bytes` of `path` lost: logged once and counted.
     fn gap(&self, path: &Path, bytes: u64, why: &str) {
-        report_gap(&self.m, path, 0, bytes, why);
+        report_gap(&self.m, &self.gaps, path, 0, bytes, why);
     }
 }
 
 /// A DATA GAP: `bytes` of `path` (0: unknown) from `offset` on will not be
 /// forwarded. Logged with an estimate of the events (from the average line
-/// read so far) and counted in `gaps_total` and `gap_bytes_total`.
-pub fn report_gap(m: &OutputMetrics, path: &Path, offset: u64, bytes: u64, why: &str) {
+/// read so far), counted in `gaps_total` and `gap_bytes_total`, and handed
+/// on through `gaps` (the Forward output sends it to the receiver).
+pub fn report_gap(
+    m: &OutputMetrics,
+    gaps: &GapLog,
+    path: &Path,
+    offset: u64,
+    bytes: u64,
+    why: &str,
+) {
+    gaps.push(Gap {
+        path: path.display().to_string(),
+        offset,
+        bytes,
+        why: why.to_string(),
+    });
     m.gaps.inc();
     m.gap_bytes.inc_by(bytes);
     let (read, lines) = (m.bytes_read.get(), m.lines_read.get());

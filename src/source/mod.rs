@@ -42,4 +42,9 @@ pub trait LineSink {
     ) -> Result<(), Stopped>;
     /// The reader caught up with the writer: a good moment to flush.
     fn idle(&mut self) -> Result<(), Stopped>;
+    /// A DATA GAP was reported (already logged and counted): passed on to
+    /// whoever should know (the Forward output tells the receiver).
+    fn gap(&mut self, _gap: &crate::record::origin::Gap) -> Result<(), Stopped> {
+        Ok(())
+    }
 }

@@ -8,7 +8,7 @@ use super::holder::{self, Holder};
 use super::{LineSink, Skip, Stopped};
 use crate::ops::logging::RateLimit;
 use crate::ops::metrics::OutputMetrics;
-use crate::record::origin::{FINGERPRINT_BYTES, FileInfo};
+use crate::record::origin::{FINGERPRINT_BYTES, FileInfo, GapLog};
 use notify::Watcher;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -110,6 +110,8 @@ pub struct Tail {
     /// The files after the one being read, held open as soon as they are
     /// seen ([`holder`]; ARCHITECTURE.md invariant 4).
     holder: Arc<Mutex<Holder>>,
+    /// Gaps reported by the tail and the holder, handed to the sink.
+    gaps: GapLog,
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -136,10 +138,12 @@ impl Tail {
         let (wake_tx, wake_rx) = std::sync::mpsc::sync_channel(1);
         let (hold_tx, hold_rx) = std::sync::mpsc::sync_channel(1);
         let watcher = watch(&cfg.path, vec![wake_tx.clone(), hold_tx]);
+        let gaps = GapLog::default();
         let holder = Arc::new(Mutex::new(Holder::new(
             cfg.path.clone(),
             cfg.max_held_bytes,
             m.clone(),
+            gaps.clone(),
         )));
         Holder::spawn(&holder, cfg.poll_interval, hold_rx, stop.clone());
         let size = cfg.read_buffer.max(4096);
@@ -152,6 +156,7 @@ impl Tail {
             _watcher: watcher,
             cur: None,
             holder,
+            gaps,
             buf: vec![0; size],
             start: 0,
             end: 0,
@@ -189,12 +194,14 @@ impl Tail {
             if let Some(r) = pending.take() {
                 if !self.begin(r.clone()) {
                     pending = Some(r);
+                    self.pass_gaps(sink)?;
                     sink.idle()?;
                     self.wait();
                     continue;
                 }
                 if let Some(c) = &self.cur {
                     sink.start(&c.info, c.read_off)?;
+                    self.pass_gaps(sink)?;
                 }
             }
             if self.cur.is_none() {
@@ -202,6 +209,7 @@ impl Tail {
                     if self.cfg.oneshot {
                         return Ok(TailEnd::Caught);
                     }
+                    self.pass_gaps(sink)?;
                     sink.idle()?;
                     self.wait();
                     continue;
@@ -210,6 +218,7 @@ impl Tail {
                 // everything before it is acknowledged.
                 if let Some(c) = &self.cur {
                     sink.start(&c.info, c.read_off)?;
+                    self.pass_gaps(sink)?;
                 }
             }
             match self.read_block() {
@@ -226,6 +235,7 @@ impl Tail {
                     if let Some(c) = &self.cur {
                         holder::report_gap(
                             &self.m,
+                            &self.gaps,
                             &c.info.path,
                             c.read_off,
                             0,
@@ -242,6 +252,7 @@ impl Tail {
                     if let Some(n) = self.warn_read.allow() {
                         warn!(error = %e, suppressed = n, "reading the audit log failed; retrying");
                     }
+                    self.pass_gaps(sink)?;
                     sink.idle()?;
                     self.wait();
                 }
@@ -281,6 +292,7 @@ impl Tail {
                     } else {
                         holder::report_gap(
                             &self.m,
+                            &self.gaps,
                             &cp.file.path,
                             cp.offset,
                             0,
@@ -542,6 +554,14 @@ impl Tail {
     }
 
     /// End of data for now. Returns true when a oneshot run is complete.
+    /// Hands the gaps reported since the last call to the sink.
+    fn pass_gaps(&self, sink: &mut dyn LineSink) -> Result<(), Stopped> {
+        for g in self.gaps.take() {
+            sink.gap(&g)?;
+        }
+        Ok(())
+    }
+
     fn at_eof(&mut self, sink: &mut dyn LineSink) -> Result<bool, Stopped> {
         let Some(cur) = self.cur.as_mut() else {
             return Ok(false);
@@ -553,6 +573,7 @@ impl Tail {
                         self.truncated();
                         return Ok(false);
                     }
+                    self.pass_gaps(sink)?;
                     sink.idle()?;
                     if self.cfg.oneshot {
                         if self.end > self.start || self.skipping.is_some() {
@@ -573,6 +594,7 @@ impl Tail {
                         warn!(path = %self.cfg.path.display(), error = %e, suppressed = n,
                             "cannot stat the audit log; keeping the open file and retrying");
                     }
+                    self.pass_gaps(sink)?;
                     sink.idle()?;
                     self.wait();
                     Ok(false)

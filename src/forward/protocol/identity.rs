@@ -9,6 +9,7 @@
 //! | `af_source` | str: the source file, 32 hex digits of the SHA-256 of its first bytes (the same file after a rename or gzip) |
 //! | `af_range` | array `[start, end]`: the byte range of the source file this chunk accounts for, events dropped on purpose included |
 //! | `af_ends` | bin: each event's end offset in the file, as unsigned LEB128 deltas from `start`, in entry order |
+//! | `af_gap` | map `{path, offset, bytes, why}`: in a chunk without events, a loss the sender reported (a DATA GAP: a file gone before it was read); `bytes` 0 = unknown |
 //!
 //! A receiver that keeps, per stream and source, the end of what it wrote
 //! drops the events of a resent chunk that end at or before it, whatever
@@ -26,6 +27,8 @@ pub struct Identity<'a> {
     pub end: u64,
     /// LEB128 deltas (see the module docs).
     pub ends: &'a [u8],
+    /// `af_gap`, raw ([`read_gap`]).
+    pub gap: Option<&'a [u8]>,
 }
 
 /// Number of option keys [`write`] adds.
@@ -49,6 +52,41 @@ pub fn write(out: &mut Vec<u8>, stream: &str, source: &str, start: u64, end: u64
     }
     write_str(out, b"af_ends");
     let _ = rmp::encode::write_bin(out, &deltas);
+}
+
+/// Appends the `af_gap` option (key and value).
+pub fn write_gap(out: &mut Vec<u8>, gap: &crate::record::origin::Gap) {
+    write_str(out, b"af_gap");
+    let _ = rmp::encode::write_map_len(out, 4);
+    write_str(out, b"path");
+    write_str(out, gap.path.as_bytes());
+    write_str(out, b"offset");
+    let _ = rmp::encode::write_uint(out, gap.offset);
+    write_str(out, b"bytes");
+    let _ = rmp::encode::write_uint(out, gap.bytes);
+    write_str(out, b"why");
+    write_str(out, gap.why.as_bytes());
+}
+
+/// Reads an `af_gap` value.
+pub fn read_gap(raw: &[u8]) -> Option<crate::record::origin::Gap> {
+    let mut r = MsgReader::new(raw);
+    let mut g = crate::record::origin::Gap {
+        path: String::new(),
+        offset: 0,
+        bytes: 0,
+        why: String::new(),
+    };
+    for _ in 0..r.read_map_len().ok()? {
+        match r.read_str_bytes().ok()? {
+            b"path" => g.path = String::from_utf8_lossy(r.read_str_bytes().ok()?).into_owned(),
+            b"offset" => g.offset = r.read_u64().ok()?,
+            b"bytes" => g.bytes = r.read_u64().ok()?,
+            b"why" => g.why = String::from_utf8_lossy(r.read_str_bytes().ok()?).into_owned(),
+            _ => r.skip_value().ok()?,
+        }
+    }
+    Some(g)
 }
 
 fn leb128(out: &mut Vec<u8>, mut v: u64) {
@@ -83,6 +121,11 @@ impl<'a> Identity<'a> {
                 }
             }
             b"af_ends" => self.ends = r.read_str_bytes()?,
+            b"af_gap" => {
+                let at = r.pos();
+                r.skip_value()?;
+                self.gap = Some(&r.buf()[at..r.pos()]);
+            }
             _ => return Ok(false),
         }
         Ok(true)
@@ -163,6 +206,21 @@ mod tests {
     }
 
     #[test]
+    fn gap_round_trip() {
+        let g = crate::record::origin::Gap {
+            path: "/var/log/audit-1.log".into(),
+            offset: 7,
+            bytes: 0,
+            why: "deleted".into(),
+        };
+        let mut buf = Vec::new();
+        rmp::encode::write_map_len(&mut buf, 1).unwrap();
+        write_gap(&mut buf, &g);
+        let id = read(&buf);
+        assert_eq!(read_gap(id.gap.unwrap()), Some(g));
+    }
+
+    #[test]
     fn malformed_deltas_are_refused() {
         let id = Identity {
             stream: b"s",
@@ -170,6 +228,7 @@ mod tests {
             start: 0,
             end: 10,
             ends: &[0x80, 0x80],
+            gap: None,
         };
         assert_eq!(id.already_written(100), None);
         let over = Identity {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
-use tracing::debug;
+use tracing::{debug, warn};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
@@ -83,6 +83,7 @@ impl Ident {
             start: self.start,
             end: self.end,
             ends: &self.ends,
+            gap: None,
         }
     }
 }
@@ -346,6 +347,12 @@ impl Connection {
             end: d.identity.end,
             ends: d.identity.ends.to_vec(),
         });
+        // A loss the sender reported (af_gap), with its stream.
+        let gap = d
+            .identity
+            .gap
+            .and_then(crate::forward::protocol::identity::read_gap);
+        let gap_stream = String::from_utf8_lossy(d.identity.stream).into_owned();
         let dup = chunk.as_ref().is_some_and(|c| {
             self.shared
                 .dedupe
@@ -369,6 +376,11 @@ impl Connection {
                 self.shared.m.duplicate_events.inc_by(skip);
                 debug!(peer = %self.peer, events = skip, "events written before (same stream and source offsets): not written again");
             }
+        }
+        if let (Some(g), false) = (&gap, dup) {
+            self.shared.m.sender_gaps.inc();
+            warn!(peer = %self.peer, stream = %gap_stream, path = %g.path, offset = g.offset, bytes = g.bytes,
+                "GAP reported by the sender: {}", g.why);
         }
         if dup {
             self.shared.m.dedupe_hits.inc();
