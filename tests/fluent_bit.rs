@@ -95,6 +95,18 @@ fn our_forwarder_to_fluent_bit_in_forward_with_acks_plain_and_gzip() {
         let mut f = spawn_forward(&a);
         assert_eq!(f.wait_exit(), 0, "run {i}: {}", f.all_logs());
     }
+    // A DATA GAP (the checkpointed file deleted while the forwarder was
+    // down) goes out as a chunk without events carrying `af_gap`:
+    // fluent-bit acks it and ignores it, and the run completes.
+    let rotated = api.rotate();
+    std::fs::remove_file(&rotated).unwrap();
+    api.write(100);
+    want += 100;
+    let mut a = forward_args(&log, &d.path().join("s"), port);
+    a.extend(["--oneshot".into(), "--tag".into(), "audit".into()]);
+    let mut f = spawn_forward(&a);
+    assert_eq!(f.wait_exit(), 0, "gap run: {}", f.all_logs());
+    assert!(f.all_logs().contains("DATA GAP"), "{}", f.all_logs());
     let got = wait_lines(&out_dir.join("audit"), want);
     let got: Vec<serde_json::Value> = got.iter().map(|l| json(l)).collect();
     let expect: Vec<serde_json::Value> = api.written.iter().map(|l| json(l)).collect();

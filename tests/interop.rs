@@ -53,6 +53,34 @@ fn our_forwarder_to_fluent_org_server_with_acks_plain_and_gzip() {
     }
 }
 
+/// A DATA GAP goes out as a chunk without events carrying `af_gap`
+/// (this program's option): @fluent-org/logger's server acks and ignores
+/// it, and every event still arrives.
+#[test]
+fn our_gap_chunks_are_acked_and_ignored_by_fluent_org_server() {
+    let d = tempfile::tempdir().unwrap();
+    let server = NodeServer::start(&[]);
+    let log = d.path().join("audit.log");
+    let state = d.path().join("state");
+    let mut api = ApiServerLog::new(&log, 13, Mix::Metadata);
+    api.write(100);
+    let args = |extra: &[&str]| {
+        let mut a = forward_args(&log, &state, server.port);
+        a.push("--oneshot".into());
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let mut f = spawn_forward(&args(&[]));
+    assert_eq!(f.wait_exit(), 0, "{}", f.all_logs());
+    let rotated = api.rotate();
+    std::fs::remove_file(&rotated).unwrap();
+    api.write(50);
+    let mut f = spawn_forward(&args(&[]));
+    assert_eq!(f.wait_exit(), 0, "{}", f.all_logs());
+    assert!(f.all_logs().contains("DATA GAP"), "{}", f.all_logs());
+    assert_eq!(server.records(150), json_values(&api.written));
+}
+
 fn node_client(port: u16, mode: &str, file: &Path) {
     let dir = interop_dir();
     let out = Command::new("node")
