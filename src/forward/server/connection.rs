@@ -6,7 +6,7 @@ use super::message::{self, MessageError};
 use super::streams::Record;
 use crate::forward::protocol::encode_ack;
 use crate::forward::protocol::frame::{self, Frame, FrameError};
-use crate::forward::protocol::identity::Identity;
+use crate::forward::protocol::identity;
 use crate::transport::Stream;
 use crate::transport::limits::{Held, MinRate};
 use crate::transport::listen::Slot;
@@ -62,28 +62,6 @@ impl ConnError {
             ConnError::Auth(crate::forward::auth::AuthError::Rejected(_)) => "auth",
             ConnError::Auth(crate::forward::auth::AuthError::Budget) => "memory_budget",
             ConnError::Auth(_) => "handshake",
-        }
-    }
-}
-
-/// A chunk's identity, owned (it outlives the frame across awaits).
-struct Ident {
-    stream: String,
-    source: String,
-    start: u64,
-    end: u64,
-    ends: Vec<u8>,
-}
-
-impl Ident {
-    fn view(&self) -> Identity<'_> {
-        Identity {
-            stream: self.stream.as_bytes(),
-            source: self.source.as_bytes(),
-            start: self.start,
-            end: self.end,
-            ends: &self.ends,
-            gap: None,
         }
     }
 }
@@ -204,19 +182,14 @@ impl Connection {
         }
         let total = cap + self.out.capacity();
         if !self.held.try_set(total) {
-            let kind = if self.held.is_proven() {
-                "authenticated"
-            } else {
-                "unauthenticated"
-            };
             let limit = self.held.budget().limit();
             if !self.held.is_proven() {
-                return Err(ConnError::Budget(limit, kind));
+                return Err(ConnError::Budget(limit, "unauthenticated"));
             }
             self.shared.m.rejected("memory_budget_wait");
             let until = Instant::now() + self.shared.cfg.idle_timeout;
             if !self.held.wait_set(total, until).await {
-                return Err(ConnError::Budget(limit, kind));
+                return Err(ConnError::Budget(limit, "authenticated"));
             }
             // Not reading was this side's doing: a new rate window.
             self.rate.restart(Instant::now().into_std());
@@ -340,19 +313,23 @@ impl Connection {
         let events = d.events;
         // This program's source identity: drop what was written before,
         // whatever batch it came in (protocol::identity).
-        let ident = (d.identity.is_set() && d.identity.events() == events).then(|| Ident {
-            stream: String::from_utf8_lossy(d.identity.stream).into_owned(),
-            source: String::from_utf8_lossy(d.identity.source).into_owned(),
-            start: d.identity.start,
-            end: d.identity.end,
-            ends: d.identity.ends.to_vec(),
+        // The record it makes and its events' end offsets (`None`:
+        // malformed), owned: they outlive the frame across awaits.
+        let ident = (d.identity.is_set() && d.identity.events() == events).then(|| {
+            let rec = Record {
+                stream: String::from_utf8_lossy(d.identity.stream).into_owned(),
+                source: String::from_utf8_lossy(d.identity.source).into_owned(),
+                start: d.identity.start,
+                end: d.identity.end,
+            };
+            (rec, d.identity.event_ends())
         });
         // A loss the sender reported (af_gap), with its stream.
         let gap = d
             .identity
             .gap
-            .and_then(crate::forward::protocol::identity::read_gap);
-        let gap_stream = String::from_utf8_lossy(d.identity.stream).into_owned();
+            .and_then(identity::read_gap)
+            .map(|g| (g, String::from_utf8_lossy(d.identity.stream).into_owned()));
         let dup = chunk.as_ref().is_some_and(|c| {
             self.shared
                 .dedupe
@@ -362,11 +339,11 @@ impl Connection {
         });
         let mut _stream_lock = None;
         let mut skip = 0;
-        if let (Some(id), false) = (&ident, dup) {
+        if let (Some((rec, ends)), false) = (&ident, dup) {
             let streams = &self.shared.streams;
-            _stream_lock = Some(streams.lock(&id.stream).await);
-            let written = streams.written(&id.stream, &id.source);
-            let ends = id.view().event_ends().ok_or(MessageError::Shape(
+            _stream_lock = Some(streams.lock(&rec.stream).await);
+            let written = streams.written(&rec.stream, &rec.source);
+            let ends = ends.as_ref().ok_or(MessageError::Shape(
                 "af_ends is not a list of LEB128 offsets",
             ))?;
             let keep: Vec<bool> = ends.iter().map(|&e| !written.has(e)).collect();
@@ -377,21 +354,16 @@ impl Connection {
                 debug!(peer = %self.peer, events = skip, "events written before (same stream and source offsets): not written again");
             }
         }
-        if let (Some(g), false) = (&gap, dup) {
+        if let (Some((g, stream)), false) = (&gap, dup) {
             self.shared.m.sender_gaps.inc();
-            warn!(peer = %self.peer, stream = %gap_stream, path = %g.path, offset = g.offset, bytes = g.bytes,
+            warn!(peer = %self.peer, %stream, path = %g.path, offset = g.offset, bytes = g.bytes,
                 "GAP reported by the sender: {}", g.why);
         }
         if dup {
             self.shared.m.dedupe_hits.inc();
             debug!(peer = %self.peer, "resent chunk already written; acking without writing");
         } else {
-            let record = ident.as_ref().map(|id| Record {
-                stream: id.stream.clone(),
-                source: id.source.clone(),
-                start: id.start,
-                end: id.end,
-            });
+            let record = ident.map(|(rec, _)| rec);
             if !out.is_empty() || record.is_some() {
                 let (r, back) = self.shared.writer.write_recorded(out, record).await;
                 r.map_err(ConnError::Output)?;
