@@ -345,6 +345,133 @@ pub struct OutputSection {
     pub retry_max: Duration,
     #[serde(with = "humantime_serde")]
     pub checkpoint_interval: Duration,
+    /// With `type = "s3"`: the store, the keys and the objects.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Section>,
+    /// With `type = "syslog"`: the protocol and the header fields
+    /// (`host`, `port`, `tls*` and `proxy` are the output's own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub syslog: Option<SyslogSection>,
+}
+
+/// `[outputs.s3]`: where and how objects are written (see `sink::s3`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Section {
+    pub bucket: String,
+    /// `https://host[:port]` of an S3-compatible store (`http://` only for
+    /// loopback tests). Unset: AWS, or `AWS_ENDPOINT_URL`.
+    pub endpoint: Option<String>,
+    /// Unset: `AWS_REGION` / `AWS_DEFAULT_REGION`, else `us-east-1`.
+    pub region: Option<String>,
+    /// `endpoint/bucket/key` requests, which most non-AWS stores need
+    /// (virtual-hosted style needs the bucket name in DNS).
+    pub path_style: bool,
+    /// Object key template; `{id}` is required (see `sink::s3::key`).
+    pub key: String,
+    /// Values of user placeholders in `key`, e.g. `{ cluster = "shoot--a" }`.
+    pub key_vars: std::collections::BTreeMap<String, String>,
+    /// `gzip` (default) or `none`.
+    pub compression: S3Compression,
+    pub gzip_level: u32,
+    /// Uncompressed bytes after which an object is closed and uploaded.
+    pub max_object_bytes: usize,
+    /// Age after which an open object is uploaded, however small.
+    #[serde(with = "humantime_serde")]
+    pub max_object_age: Duration,
+    /// Objects larger than this (compressed) are uploaded in parts of
+    /// this size (S3's minimum part is 5 MiB).
+    pub part_bytes: usize,
+    /// Refuse to replace an existing key (`If-None-Match: *`); a key found
+    /// existing holds the same span, so it counts as stored.
+    pub no_overwrite: bool,
+    /// AWS shared-credentials file (`aws_access_key_id`, ...), re-read when
+    /// it changes. Unset: the environment (`AWS_ACCESS_KEY_ID`, web identity
+    /// via `AWS_WEB_IDENTITY_TOKEN_FILE` + `AWS_ROLE_ARN`, instance metadata).
+    pub credentials_file: Option<PathBuf>,
+    /// Profile in `credentials_file`.
+    pub profile: String,
+    /// CA bundle for the endpoint's certificate (added to the system roots).
+    pub ca_file: Option<PathBuf>,
+    /// HTTP(S) proxy for the store (`http://host:port`).
+    pub proxy_url: Option<String>,
+    /// Deadline of one request (a part, a whole small object).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for S3Section {
+    fn default() -> Self {
+        S3Section {
+            bucket: String::new(),
+            endpoint: None,
+            region: None,
+            path_style: false,
+            key: "audit/{output}/{yyyy}/{mm}/{dd}/{hh}/{id}.jsonl.gz".into(),
+            key_vars: Default::default(),
+            compression: S3Compression::Gzip,
+            gzip_level: 6,
+            max_object_bytes: 64 << 20,
+            max_object_age: Duration::from_secs(300),
+            part_bytes: 16 << 20,
+            no_overwrite: true,
+            credentials_file: None,
+            profile: "default".into(),
+            ca_file: None,
+            proxy_url: None,
+            request_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum S3Compression {
+    Gzip,
+    None,
+}
+
+/// `[outputs.syslog]` (see `sink::syslog`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyslogSection {
+    /// `tcp`: RFC 5424 messages with octet-counted framing (RFC 6587
+    /// §3.4.1), over TLS with the output's `tls` (RFC 5425); no
+    /// acknowledgements. `relp`: rsyslog's RELP, each message acknowledged.
+    pub protocol: SyslogProtocol,
+    /// Name (`kern` .. `local7`, RFC 5424 §6.2.1) or number 0..=23.
+    pub facility: String,
+    /// Name (`emerg` .. `debug`) or number 0..=7.
+    pub severity: String,
+    /// APP-NAME (at most 48 printable ASCII characters).
+    pub app_name: String,
+    /// HOSTNAME (default: this machine's name).
+    pub hostname: Option<String>,
+    /// MSGID (at most 32 characters; `-` for none).
+    pub msgid: String,
+    /// RELP: messages sent and not yet acknowledged (librelp's window).
+    pub window: usize,
+}
+
+impl Default for SyslogSection {
+    fn default() -> Self {
+        SyslogSection {
+            protocol: SyslogProtocol::Relp,
+            facility: "local0".into(),
+            severity: "info".into(),
+            app_name: "kube-apiserver".into(),
+            hostname: None,
+            msgid: "audit".into(),
+            window: 128,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyslogProtocol {
+    Tcp,
+    Relp,
 }
 
 impl Default for OutputSection {
@@ -387,6 +514,8 @@ impl Default for OutputSection {
             retry_min: Duration::from_millis(200),
             retry_max: Duration::from_secs(10),
             checkpoint_interval: Duration::from_millis(250),
+            s3: None,
+            syslog: None,
         }
     }
 }
@@ -586,6 +715,10 @@ pub enum OutputKind {
     Forward,
     Stdout,
     File,
+    /// Objects of JSON lines in S3-compatible storage (`[outputs.s3]`).
+    S3,
+    /// RFC 5424 syslog over TCP/TLS or RELP (`[outputs.syslog]`).
+    Syslog,
 }
 
 impl OutputSection {
@@ -917,6 +1050,27 @@ pub fn problems(cfg: &Config) -> Vec<String> {
         }
         if o.kind == OutputKind::File && o.path.is_none() {
             errs.push(format!("outputs[{i}].path: required with type = \"file\""));
+        }
+        match (o.kind, &o.s3) {
+            (OutputKind::S3, None) => {
+                errs.push(format!("outputs[{i}].s3: required with type = \"s3\""))
+            }
+            (OutputKind::S3, Some(s)) => errs.extend(
+                crate::sink::s3::problems(s)
+                    .into_iter()
+                    .map(|e| format!("outputs[{i}].s3.{e}")),
+            ),
+            (_, Some(_)) => errs.push(format!("outputs[{i}].s3: only with type = \"s3\"")),
+            _ => {}
+        }
+        match (o.kind, &o.syslog) {
+            (OutputKind::Syslog, s) => errs.extend(
+                crate::sink::syslog::problems(&s.clone().unwrap_or_default())
+                    .into_iter()
+                    .map(|e| format!("outputs[{i}].syslog.{e}")),
+            ),
+            (_, Some(_)) => errs.push(format!("outputs[{i}].syslog: only with type = \"syslog\"")),
+            _ => {}
         }
         if (o.username.is_some() || o.password.is_some()) && o.shared_key.is_none() {
             errs.push(format!(

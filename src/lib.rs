@@ -12,6 +12,7 @@ pub mod forward;
 pub mod ops;
 pub mod pipeline;
 pub mod record;
+pub mod sink;
 pub mod source;
 pub mod synth;
 pub mod transport;

@@ -10,9 +10,11 @@ use std::path::Path;
 /// Each top-level module's layer; a module may use only lower layers (and
 /// itself). Stages in one layer must not use each other.
 const LAYERS: &[(&str, u8)] = &[
-    ("cmd", 6),
-    ("pipeline", 5),
-    ("config", 4),
+    ("cmd", 7),
+    ("pipeline", 6),
+    ("config", 5),
+    // Outputs beside Forward: they take the batcher's Forward chunks.
+    ("sink", 4),
     ("source", 3),
     ("filter", 3),
     ("forward", 3),

@@ -160,6 +160,13 @@ fn semantic(cfg: &Config) -> Vec<String> {
                 problems.push(format!("outputs[{i}]: {e}"));
             }
         }
+        if let Some(s) = &o.s3 {
+            problems.extend(
+                crate::sink::s3::store::check_files(s)
+                    .into_iter()
+                    .map(|e| format!("outputs[{i}].{e}")),
+            );
+        }
     }
     let r = &cfg.receive;
     if let (Some(c), Some(k)) = (&r.tls_cert_file, &r.tls_key_file) {

@@ -13,6 +13,7 @@ use super::protocol::frame::{self, Frame};
 use crate::ops::logging::RateLimit;
 use crate::ops::metrics::OutputMetrics;
 use crate::record::origin::Position;
+use crate::transport::backoff::Backoff;
 use crate::transport::proxy::ProxyError;
 use crate::transport::tls::TlsError;
 use crate::transport::{self, ConnectError, Stream};
@@ -160,25 +161,6 @@ struct Slot {
     state: State,
 }
 
-/// Exponential backoff with full jitter.
-struct Backoff {
-    min: Duration,
-    max: Duration,
-    cur: Duration,
-}
-
-impl Backoff {
-    fn next(&mut self) -> Duration {
-        let d = self.cur;
-        self.cur = (self.cur * 2).min(self.max);
-        let jitter = rand::random::<f64>();
-        self.min.max(d.mul_f64(0.5 + jitter / 2.0))
-    }
-    fn reset(&mut self) {
-        self.cur = self.min;
-    }
-}
-
 pub struct Client {
     cfg: ClientConfig,
     m: OutputMetrics,
@@ -265,11 +247,7 @@ impl Client {
         if let Some(out) = self.cfg.local.clone() {
             return self.run_local(out).await;
         }
-        let mut backoff = Backoff {
-            min: self.cfg.retry_min,
-            max: self.cfg.retry_max,
-            cur: self.cfg.retry_min,
-        };
+        let mut backoff = Backoff::new(self.cfg.retry_min, self.cfg.retry_max);
         loop {
             if self.input_closed && self.queue.is_empty() {
                 return ClientEnd::Drained;
@@ -306,7 +284,7 @@ impl Client {
                         }
                         _ => self.m.reconnect(e.reason()),
                     }
-                    let wait = backoff.next();
+                    let wait = backoff.next_wait();
                     if let Some(n) = self.warn.allow() {
                         warn!(server = %self.server_addr(), error = %e, retry_in_ms = wait.as_millis() as u64,
                             unacked_chunks = self.unacked(), suppressed = n, "forward connection failed; will retry");
@@ -662,29 +640,16 @@ impl Client {
     }
 }
 
-/// Writes `payload` and flushes it, failing only when the server accepts
-/// no bytes for `t`. A slow link that keeps taking bytes is not a dead one:
-/// timing out the whole write instead made a 1 MB chunk over a lossy link
-/// (10 % loss, 100 ms: ~30 KB/s) fail after `t` on every attempt and be
-/// resent forever.
+/// Writes `payload` and flushes it ([`transport::write_progressing`]).
 async fn write_progressing<W: AsyncWriteExt + Unpin>(
     wr: &mut W,
     payload: &[u8],
     t: Duration,
 ) -> Result<(), SessionError> {
-    let mut off = 0;
-    while off < payload.len() {
-        match tokio::time::timeout(t, wr.write(&payload[off..])).await {
-            Err(_) => return Err(SessionError::WriteTimeout(t)),
-            Ok(Ok(0)) => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()),
-            Ok(Ok(n)) => off += n,
-            Ok(Err(e)) => return Err(e.into()),
-        }
-    }
-    // Flush: a TLS stream may hold records back until flushed.
-    match tokio::time::timeout(t, wr.flush()).await {
-        Err(_) => Err(SessionError::WriteTimeout(t)),
-        Ok(r) => Ok(r?),
+    match transport::write_progressing(wr, payload, t).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(SessionError::WriteTimeout(t)),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -39,6 +39,9 @@ struct Families {
     chunks_in_flight: Gauges,
     connect_errors: Counters,
     reconnects: Counters,
+    send_errors: Counters,
+    objects_uploaded: Counters,
+    objects_existing: Counters,
     checkpoint_writes: Counters,
     checkpoint_failures: Counters,
     rotations: Counters,
@@ -91,6 +94,9 @@ pub struct OutputMetrics {
     pub chunks_resent: Counter,
     pub chunks_acked: Counter,
     pub bytes_sent: Counter,
+    /// S3: objects the store confirmed, and objects found already stored.
+    pub objects_uploaded: Counter,
+    pub objects_existing: Counter,
     pub buffered_bytes: Gauge,
     pub buffered_bytes_max: Gauge,
     pub chunks_in_flight: Gauge,
@@ -126,6 +132,7 @@ struct FamiliesHandle {
     events_dropped: Counters,
     connect_errors: Counters,
     reconnects: Counters,
+    send_errors: Counters,
     filter_events: Counters,
     filter_errors: Counters,
     filter_reloads: Counters,
@@ -158,6 +165,18 @@ impl OutputMetrics {
         if let Some(c) = self.labeled(|f| &f.events_dropped, reason) {
             c.inc_by(n);
         }
+    }
+    /// A request or message the destination refused or did not answer
+    /// (S3 uploads, RELP responses), by reason.
+    pub fn send_error(&self, reason: &str) {
+        if let Some(c) = self.labeled(|f| &f.send_errors, reason) {
+            c.inc();
+        }
+    }
+    pub fn send_error_count(&self, reason: &str) -> u64 {
+        self.labeled(|f| &f.send_errors, reason)
+            .map(|c| c.get())
+            .unwrap_or(0)
     }
     pub fn connect_error(&self, reason: &str) {
         if let Some(c) = self.labeled(|f| &f.connect_errors, reason) {
@@ -326,6 +345,9 @@ impl Metrics {
             "chunks_in_flight", "Chunks sent and waiting for their ack", chunks_in_flight;
             "connect_errors", "Failed connection attempts, by reason", connect_errors;
             "reconnects", "Connections closed and re-opened, by reason", reconnects;
+            "send_errors", "S3 uploads and syslog messages that failed and will be retried, by reason", send_errors;
+            "objects_uploaded", "S3 objects the store confirmed", objects_uploaded;
+            "objects_existing", "S3 uploads that found their key already stored (same span): kept", objects_existing;
             "checkpoint_writes", "Checkpoints written", checkpoint_writes;
             "checkpoint_failures", "Checkpoint writes that failed", checkpoint_failures;
             "rotations", "Log rotations followed", rotations;
@@ -384,6 +406,8 @@ impl Metrics {
             chunks_resent: c(&f.chunks_resent),
             chunks_acked: c(&f.chunks_acked),
             bytes_sent: c(&f.bytes_sent),
+            objects_uploaded: c(&f.objects_uploaded),
+            objects_existing: c(&f.objects_existing),
             buffered_bytes: g(&f.buffered_bytes),
             buffered_bytes_max: g(&f.buffered_bytes_max),
             chunks_in_flight: g(&f.chunks_in_flight),
@@ -408,6 +432,7 @@ impl Metrics {
                 events_dropped: f.events_dropped.clone(),
                 connect_errors: f.connect_errors.clone(),
                 reconnects: f.reconnects.clone(),
+                send_errors: f.send_errors.clone(),
                 filter_events: f.filter_events.clone(),
                 filter_errors: f.filter_errors.clone(),
                 filter_reloads: f.filter_reloads.clone(),

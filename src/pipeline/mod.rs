@@ -39,6 +39,8 @@ pub enum PipelineError {
     Thread(std::io::Error),
     #[error("proxy: {0}")]
     Proxy(String),
+    #[error("output {output:?}: {error}")]
+    Sink { output: String, error: String },
     #[error("output {output:?}: {source}")]
     Filter {
         output: String,

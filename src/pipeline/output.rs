@@ -4,17 +4,24 @@
 //! tail thread: Tail ──lines──► Processor (policy → filters → encode → batch) ──chunks (bounded)──►
 //! tokio:       Client (send, acks) ──watermark──► checkpoint loop ──► state_dir/checkpoint-<label>.json
 //! ```
+//!
+//! The client is the Forward client (also for `stdout` and `file`), or for
+//! `s3` and `syslog` the sink of that type; each reports the watermark the
+//! same way.
 
 use super::process::Processor;
 use super::{PipelineError, Report, checkpoint_path, lag_bytes, load_filters, load_policy};
 use crate::config::{Balance, Config, OutputKind, OutputSection, SourceSpec};
 use crate::forward::auth::ClientSecurity;
-use crate::forward::batch::{BatchConfig, Batcher, Pending, Recycler};
+use crate::forward::batch::{BatchConfig, Batcher, Chunk, Pending, Recycler};
 use crate::forward::client::{Client, ClientConfig, ClientEnd};
 use crate::forward::protocol::handshake::hostname;
 use crate::forward::server::Output;
 use crate::ops::metrics::OutputMetrics;
 use crate::record::origin::Position;
+use crate::sink::Progress;
+use crate::sink::s3::{S3Config, S3Sink};
+use crate::sink::syslog::{SyslogConfig, SyslogSink};
 use crate::source::LineSink;
 use crate::source::checkpoint::Checkpoint;
 use crate::source::tail::{Tail, TailConfig, TailEnd, Waker};
@@ -40,6 +47,9 @@ pub struct OutputPlan<'a> {
     pub stop_all: Arc<watch::Sender<bool>>,
 }
 
+/// The future that takes the chunks and ends with how it ended.
+type ClientTask = std::pin::Pin<Box<dyn Future<Output = ClientEnd> + Send>>;
+
 /// The tail thread's result: how it ended, and why the output must stop.
 type TailThread = JoinHandle<(Result<TailEnd, crate::source::Stopped>, Option<String>)>;
 
@@ -51,11 +61,16 @@ impl OutputPlan<'_> {
         let resume = Checkpoint::load(&cp_path)?;
         let (chunk_tx, chunk_rx) = mpsc::channel(o.max_pending_chunks);
         let (wm_tx, wm_rx) = watch::channel::<Option<Position>>(None);
-        let (conn_tx, _conn_rx) = watch::channel(false);
         let recycler = Recycler::new(o.max_batch_bytes);
         let pending = Pending::default();
         let stop = Arc::new(AtomicBool::new(false));
-        let client_cfg = self.client_config(recycler.clone(), pending.clone())?;
+        let stream = super::stream_id(self.cfg, &self.label)?;
+        let client = self.client(
+            (recycler.clone(), pending.clone()),
+            chunk_rx,
+            wm_tx,
+            &stream,
+        )?;
         // Lag as of the checkpoint, before the first scrape can ask.
         super::update_lag(
             &m,
@@ -63,16 +78,13 @@ impl OutputPlan<'_> {
             &pending,
         );
         let resumed = resume.clone();
-        let (tail_thread, waker) =
-            self.start_tail(resume, chunk_tx, (recycler, pending.clone()), stop.clone())?;
-        let client = Client::new(
-            client_cfg,
-            m.clone(),
-            chunk_rx,
-            wm_tx,
-            self.shutdown.clone(),
-            conn_tx,
-        );
+        let (tail_thread, waker) = self.start_tail(
+            resume,
+            chunk_tx,
+            (recycler, pending.clone()),
+            stop.clone(),
+            stream,
+        )?;
         let cp = Checkpointer {
             name: self.label,
             path: cp_path,
@@ -93,6 +105,7 @@ impl OutputPlan<'_> {
         chunk_tx: mpsc::Sender<crate::forward::batch::Chunk>,
         (recycler, pending): (Recycler, Pending),
         stop: Arc<AtomicBool>,
+        stream: String,
     ) -> Result<(TailThread, Waker), PipelineError> {
         let (cfg, o, m) = (self.cfg, self.out, &self.metrics);
         let mut tail = Tail::new(
@@ -118,7 +131,7 @@ impl OutputPlan<'_> {
                 gzip: o.gzip.then_some(o.gzip_level),
                 recycler,
                 pending,
-                stream: Some(super::stream_id(cfg, &self.label)?),
+                stream: Some(stream),
             }),
             load_policy(o)?,
             chunk_tx,
@@ -147,8 +160,47 @@ impl OutputPlan<'_> {
         Ok((thread, waker))
     }
 
-    /// Where and how the client sends: a Forward server (or several), or a
-    /// local JSON-lines destination.
+    /// What takes the chunks: the Forward client, or the output type's sink.
+    fn client(
+        &self,
+        (recycler, pending): (Recycler, Pending),
+        rx: mpsc::Receiver<Chunk>,
+        wm_tx: watch::Sender<Option<Position>>,
+        stream: &str,
+    ) -> Result<ClientTask, PipelineError> {
+        let (o, m, sd) = (self.out, self.metrics.clone(), self.shutdown.clone());
+        let sink_err = |e: String| PipelineError::Sink {
+            output: o.name.clone(),
+            error: e,
+        };
+        let progress =
+            || Progress::new(m.clone(), pending.clone(), recycler.clone(), wm_tx.clone());
+        Ok(match o.kind {
+            OutputKind::S3 => {
+                let s = o.s3.clone().unwrap_or_default();
+                let cfg = S3Config::new(
+                    &s,
+                    self.label.clone(),
+                    stream.to_string(),
+                    (o.retry_min, o.retry_max),
+                )
+                .map_err(sink_err)?;
+                Box::pin(S3Sink::new(cfg, m.clone(), rx, progress(), sd).run())
+            }
+            OutputKind::Syslog => {
+                let cfg = SyslogConfig::new(o).map_err(sink_err)?;
+                Box::pin(SyslogSink::new(cfg, m.clone(), rx, progress(), sd).run())
+            }
+            OutputKind::Forward | OutputKind::Stdout | OutputKind::File => {
+                let cfg = self.client_config(recycler.clone(), pending.clone())?;
+                let (conn_tx, _) = watch::channel(false);
+                Box::pin(Client::new(cfg, m.clone(), rx, wm_tx, sd, conn_tx).run())
+            }
+        })
+    }
+
+    /// Where and how the Forward client sends: a Forward server (or
+    /// several), or a local JSON-lines destination.
     fn client_config(
         &self,
         recycler: Recycler,
@@ -178,7 +230,7 @@ impl OutputPlan<'_> {
                 password: o.password.clone().unwrap_or_default(),
             }),
             local: match o.kind {
-                OutputKind::Forward => None,
+                OutputKind::Forward | OutputKind::S3 | OutputKind::Syslog => None,
                 OutputKind::Stdout => Some(Output::Stdout),
                 OutputKind::File => o.path.clone().map(Output::File),
             },
@@ -223,7 +275,7 @@ impl Checkpointer {
 
     async fn run(
         self,
-        client: Client,
+        client: ClientTask,
         mut wm_rx: watch::Receiver<Option<Position>>,
         shutdown: watch::Receiver<bool>,
         stop: Arc<AtomicBool>,
@@ -232,7 +284,7 @@ impl Checkpointer {
     ) -> Report {
         let m = self.m.clone();
         let mut sd = shutdown;
-        let mut client = tokio::spawn(client.run());
+        let mut client = tokio::spawn(client);
         let mut saved: Option<Position> = None;
         let same = |s: &Option<Position>, p: &Position| {
             s.as_ref()

@@ -3,6 +3,7 @@
 //! The servers' side: [`listen`], the one accept loop, and [`limits`], what
 //! a server holds for peers it does not trust.
 
+pub mod backoff;
 pub mod limits;
 pub mod listen;
 pub mod proxy;
@@ -41,5 +42,31 @@ impl ConnectError {
                 _ => "io",
             },
         }
+    }
+}
+
+/// Writes `buf` and flushes it; `Ok(false)` when the peer accepted no
+/// bytes for `t`. A slow link that keeps taking bytes is not a dead one:
+/// timing out the whole write instead made a 1 MB chunk over a lossy link
+/// (10 % loss, 100 ms: ~30 KB/s) fail after `t` on every attempt and be
+/// resent forever.
+pub async fn write_progressing<W: tokio::io::AsyncWriteExt + Unpin>(
+    wr: &mut W,
+    buf: &[u8],
+    t: std::time::Duration,
+) -> std::io::Result<bool> {
+    let mut off = 0;
+    while off < buf.len() {
+        match tokio::time::timeout(t, wr.write(&buf[off..])).await {
+            Err(_) => return Ok(false),
+            Ok(Ok(0)) => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero)),
+            Ok(Ok(n)) => off += n,
+            Ok(Err(e)) => return Err(e),
+        }
+    }
+    // Flush: a TLS stream may hold records back until flushed.
+    match tokio::time::timeout(t, wr.flush()).await {
+        Err(_) => Ok(false),
+        Ok(r) => r.map(|_| true),
     }
 }
