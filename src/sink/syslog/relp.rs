@@ -187,7 +187,7 @@ mod tests {
                 text: "OK".into()
             }
         );
-        let two = b"2 rsp 6 200 OK\n3 rsp 37 500 error: message too large\n0 serverclose 0\n";
+        let two = b"2 rsp 6 200 OK\n3 rsp 28 500 error: message too large\n0 serverclose 0\n";
         let (r, n) = parse(two).unwrap().unwrap();
         assert!(matches!(
             r,
