@@ -21,13 +21,17 @@ python3 -m pip install --quiet --disable-pip-version-check -r example-filters/py
 bash example-filters/python/add-cluster-id/build.sh
 bash example-filters/js/add-cluster-id/build.sh
 
-step "HTTP CONNECT proxies, tools, the Go lumberjack library and podman from Debian (tinyproxy, squid, socat, stunnel4, curl, openssl, iproute2, iptables, golang-go, golang-gopkg-natefinch-lumberjack.v2-dev, podman, runc)"
+step "HTTP CONNECT proxies, tools, the Go lumberjack library, rsyslog and podman from Debian (tinyproxy, squid, socat, stunnel4, curl, openssl, iproute2, iptables, golang-go, golang-gopkg-natefinch-lumberjack.v2-dev, rsyslog, rsyslog-relp, rsyslog-gnutls, podman, runc)"
 need=()
 for pair in tinyproxy:tinyproxy squid:squid socat:socat stunnel4:stunnel curl:curl openssl:openssl iproute2:ip iproute2:tc iptables:iptables golang-go:go podman:podman runc:runc; do
   command -v "${pair#*:}" >/dev/null 2>&1 || need+=("${pair%%:*}")
 done
 # kube-apiserver's log writer, built by tests/lumberjack.rs in GOPATH mode.
 [ -d /usr/share/gocode/src/gopkg.in/natefinch/lumberjack.v2 ] || need+=(golang-gopkg-natefinch-lumberjack.v2-dev)
+# The syslog output's peer (tests/syslog.rs): rsyslog with RELP and TLS.
+for p in rsyslog rsyslog-relp rsyslog-gnutls; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || need+=("$p")
+done
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
@@ -37,6 +41,9 @@ fi
 step "third-party Forward peers (npm @fluent-org/logger, PyPI fluent-logger)"
 npm ci --prefix tests/interop --no-audit --no-fund --loglevel=error
 python3 -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
+
+step "the S3 output's peer: moto 5.2.5 in server mode and boto3 (PyPI, tests/s3/requirements.txt)"
+python3 -m pip install --quiet --disable-pip-version-check -r tests/s3/requirements.txt
 
 step "fluent-bit 1.8.15 from the npm fluent-bit@0.0.3 sources (cached in target/fluent-bit; ~1 min the first time)"
 bash tests/interop/fluent-bit/build.sh

@@ -186,6 +186,48 @@ fn check_reports_every_problem() {
             "[[outputs]]\nack_timeout = \"soon\"\n".into(),
             "ack_timeout",
         ),
+        // S3 and syslog sections, each problem named by its key.
+        ("[[outputs]]\ntype = \"s3\"\n".into(), "outputs[0].s3: required"),
+        (
+            "[[outputs]]\ntype = \"s3\"\n[outputs.s3]\nbucket = \"b\"\nkey = \"audit/{yyyy}.gz\"\n".into(),
+            "outputs[0].s3.key: \"audit/{yyyy}.gz\": must contain {id}",
+        ),
+        (
+            "[[outputs]]\ntype = \"s3\"\n[outputs.s3]\nbucket = \"b\"\nkey = \"{cluster}/{id}\"\n".into(),
+            "unknown placeholder {cluster}",
+        ),
+        (
+            "[[outputs]]\ntype = \"s3\"\n[outputs.s3]\nbucket = \"b\"\npart_bytes = 1000\n".into(),
+            "outputs[0].s3.part_bytes",
+        ),
+        (
+            "[[outputs]]\ntype = \"s3\"\n[outputs.s3]\nbucket = \"b\"\ncredentials_file = \"/no/such/creds\"\n".into(),
+            "outputs[0].s3.credentials_file: /no/such/creds",
+        ),
+        (
+            "[[outputs]]\ntype = \"s3\"\n[outputs.s3]\nbucket = \"b\"\nca_file = \"/no/such/ca\"\n".into(),
+            "s3.ca_file /no/such/ca",
+        ),
+        (
+            "[[outputs]]\ntype = \"s3\"\n[outputs.s3]\nbukket = \"b\"\n".into(),
+            "bukket",
+        ),
+        (
+            "[[outputs]]\ntype = \"forward\"\n[outputs.s3]\nbucket = \"b\"\n".into(),
+            "outputs[0].s3: only with type = \"s3\"",
+        ),
+        (
+            "[[outputs]]\ntype = \"syslog\"\n[outputs.syslog]\nfacility = \"local9\"\n".into(),
+            "outputs[0].syslog.facility",
+        ),
+        (
+            "[[outputs]]\ntype = \"syslog\"\n[outputs.syslog]\napp_name = \"kube apiserver\"\n".into(),
+            "outputs[0].syslog.app_name",
+        ),
+        (
+            "[[outputs]]\ntype = \"syslog\"\n[outputs.syslog]\nprotocol = \"udp\"\n".into(),
+            "unknown value \"udp\" (one of: tcp, relp)",
+        ),
     ];
     for (text, needle) in cases {
         let p = d.path().join("c.toml");
@@ -198,13 +240,23 @@ fn check_reports_every_problem() {
         assert_eq!(o.status.code(), Some(2), "{text}: {err}");
         assert!(err.contains(needle), "{text}: expected {needle:?} in {err}");
     }
-    let p = d.path().join("ok.toml");
-    std::fs::write(&p, "[[outputs]]\npolicy = \"recommended\"\n").unwrap();
-    let o = std::process::Command::new(BIN)
-        .args(["check", "--config", p.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for ok in [
+        "[[outputs]]\npolicy = \"recommended\"\n",
+        "[[outputs]]\ntype = \"s3\"\n[outputs.s3]\nbucket = \"b\"\nkey_vars = { cluster = \"shoot--a\" }\nkey = \"audit/{cluster}/{yyyy}/{id}.jsonl.gz\"\n",
+        "[[outputs]]\ntype = \"syslog\"\nport = 2514\n[outputs.syslog]\nfacility = \"authpriv\"\n",
+    ] {
+        let p = d.path().join("ok.toml");
+        std::fs::write(&p, ok).unwrap();
+        let o = std::process::Command::new(BIN)
+            .args(["check", "--config", p.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{ok}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
 }
 
 #[test]

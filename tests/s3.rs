@@ -425,3 +425,39 @@ fn a_span_read_again_maps_to_its_stored_keys_and_is_not_stored_twice() {
     assert_eq!(c.len(), 4000);
     assert!(c.values().all(|n| *n == 1));
 }
+
+/// SIGTERM with an object open (its age limit far away): the object is
+/// uploaded before the exit, the checkpoint is saved past it, and a
+/// restart stores nothing again.
+#[test]
+fn sigterm_uploads_the_open_object_and_saves_the_checkpoint() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let logp = dir.path().join("audit.log");
+    let mut log = ApiServerLog::new(&logp, 13, Mix::Metadata);
+    log.write(500);
+    let cfg = config(dir.path(), &logp, &moto, "", "max_object_age = \"1h\"");
+    let mut f = forward(&cfg, false);
+    let port = http_port(&f);
+    wait_metrics(port, "500 events taken", |b| {
+        metric(b, "audit_forwarder_events_sent_total", "output=\"archive\"") == 0.0
+            && metric(b, "audit_forwarder_lines_read_total", "output=\"archive\"") == 500.0
+    });
+    assert!(
+        moto.objects().is_empty(),
+        "nothing uploaded before the stop"
+    );
+    f.sigterm();
+    assert_eq!(f.wait_exit(), 0, "{}", f.all_logs());
+    f.logged("stopping: uploading the open object");
+    let objs = moto.objects();
+    assert_eq!(objs.len(), 1);
+    assert_eq!(counts(&objs).len(), 500);
+    let mut g = forward(&cfg, true);
+    assert_eq!(g.wait_exit(), 0, "{}", g.all_logs());
+    assert_eq!(
+        moto.objects().len(),
+        1,
+        "nothing stored again after the restart"
+    );
+}

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# Written for this project (tests/s3.rs); serves moto's own app unchanged.
 """moto S3 server with a fault-injection switch (test helper, loopback only).
 
 Usage:  python moto_faulty.py [-H 127.0.0.1] [-p PORT]

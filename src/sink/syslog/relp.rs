@@ -206,7 +206,11 @@ mod tests {
         // librelp's answer to `close` (bytes seen from rsyslog 8.2302).
         assert!(matches!(
             parse(b"5 rsp 0\n").unwrap().unwrap().0,
-            Reply::Rsp { txnr: 5, code: 0, .. }
+            Reply::Rsp {
+                txnr: 5,
+                code: 0,
+                ..
+            }
         ));
         for cut in 0..open.len() {
             assert_eq!(parse(&open[..cut]).unwrap(), None, "cut at {cut}");
