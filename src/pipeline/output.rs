@@ -188,7 +188,7 @@ impl OutputPlan<'_> {
                 Box::pin(S3Sink::new(cfg, m.clone(), rx, progress(), sd).run())
             }
             OutputKind::Syslog => {
-                let cfg = SyslogConfig::new(o).map_err(sink_err)?;
+                let cfg = syslog_config(o).map_err(sink_err)?;
                 Box::pin(SyslogSink::new(cfg, m.clone(), rx, progress(), sd).run())
             }
             OutputKind::Forward | OutputKind::Stdout | OutputKind::File => {
@@ -372,4 +372,24 @@ impl Checkpointer {
             fatal,
         }
     }
+}
+
+/// The syslog sink's settings: `[outputs.syslog]` plus the output's
+/// connection keys (`host`, `port`, `tls*`, `proxy`, timeouts, retries).
+fn syslog_config(o: &OutputSection) -> Result<SyslogConfig, String> {
+    let s = o.syslog.clone().unwrap_or_default();
+    Ok(SyslogConfig {
+        relp: s.protocol == crate::config::SyslogProtocol::Relp,
+        header: crate::sink::syslog::header(&s)?,
+        window: s.window,
+        host: o.host.clone(),
+        port: o.port,
+        tls: o.client_tls(),
+        proxy: o.proxy()?,
+        connect_timeout: o.connect_timeout,
+        ack_timeout: o.ack_timeout,
+        retry_min: o.retry_min,
+        retry_max: o.retry_max,
+        max_in_flight: o.max_in_flight,
+    })
 }

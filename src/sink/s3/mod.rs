@@ -23,10 +23,10 @@
 //! write: `checkpoint_interval`'s worth).
 
 pub mod key;
+pub mod settings;
 pub mod store;
 
 use super::{Done, Progress, Span};
-use crate::config::{S3Compression, S3Section};
 use crate::forward::batch::Chunk;
 use crate::forward::client::ClientEnd;
 use crate::ops::logging::RateLimit;
@@ -39,6 +39,7 @@ use object_store::path::Path;
 use object_store::{
     Attribute, Attributes, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
 };
+use settings::{S3Compression, S3Section};
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;

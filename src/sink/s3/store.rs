@@ -2,7 +2,7 @@
 //! multipart, retries of single requests) built from `[outputs.s3]`, and a
 //! credentials provider that re-reads an AWS shared-credentials file.
 
-use crate::config::S3Section;
+use super::settings::S3Section;
 use object_store::aws::{AmazonS3Builder, AwsCredential, S3ConditionalPut};
 use object_store::{BackoffConfig, ClientOptions, CredentialProvider, ObjectStore, RetryConfig};
 use std::path::PathBuf;

@@ -19,9 +19,9 @@
 
 pub mod relp;
 pub mod rfc5424;
+pub mod settings;
 
 use super::{Done, Progress};
-use crate::config::{OutputSection, SyslogProtocol, SyslogSection};
 use crate::forward::batch::Chunk;
 use crate::forward::client::ClientEnd;
 use crate::ops::logging::RateLimit;
@@ -30,6 +30,7 @@ use crate::transport::backoff::Backoff;
 use crate::transport::proxy::{Proxy, ProxyError};
 use crate::transport::tls::{ClientTls, TlsError};
 use crate::transport::{self, ConnectError, Stream};
+use settings::SyslogSection;
 use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -49,7 +50,7 @@ pub fn problems(s: &SyslogSection) -> Vec<String> {
     errs
 }
 
-fn header(s: &SyslogSection) -> Result<rfc5424::Header, String> {
+pub fn header(s: &SyslogSection) -> Result<rfc5424::Header, String> {
     let host = s
         .hostname
         .clone()
@@ -76,24 +77,6 @@ pub struct SyslogConfig {
 }
 
 impl SyslogConfig {
-    pub fn new(o: &OutputSection) -> Result<Self, String> {
-        let s = o.syslog.clone().unwrap_or_default();
-        Ok(SyslogConfig {
-            relp: s.protocol == SyslogProtocol::Relp,
-            header: header(&s)?,
-            window: s.window,
-            host: o.host.clone(),
-            port: o.port,
-            tls: o.client_tls(),
-            proxy: o.proxy()?,
-            connect_timeout: o.connect_timeout,
-            ack_timeout: o.ack_timeout,
-            retry_min: o.retry_min,
-            retry_max: o.retry_max,
-            max_in_flight: o.max_in_flight,
-        })
-    }
-
     fn addr(&self) -> String {
         format!("{}:{}", self.host, self.port)
     }
