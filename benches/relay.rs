@@ -142,6 +142,142 @@ fn throughput_with(
     row(name, &runs[runs.len() / 2]);
 }
 
+/// CPU time of a running process (utime + stime from /proc/PID/stat).
+fn proc_cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which may hold spaces): state is field 3.
+    let rest = stat.rsplit(')').next().unwrap_or_default();
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // utime and stime are fields 14 and 15 (11 and 12 after the command).
+    // SAFETY: sysconf has no preconditions.
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    Duration::from_secs_f64(ticks as f64 / tick)
+}
+
+/// A run of `forward --oneshot` into a long-running peer (moto, rsyslog):
+/// the forwarder measured as in [`throughput`], the peer by its CPU time
+/// over the run and its peak RSS (VmHWM).
+fn sink_throughput(
+    name: &str,
+    log: &Path,
+    events: usize,
+    bytes: u64,
+    st: &Path,
+    extra: &[&str],
+    peer: u32,
+) {
+    if !selected(name) {
+        return;
+    }
+    let mut runs: Vec<[f64; 6]> = (0..bench_runs())
+        .map(|_| {
+            for e in std::fs::read_dir(st).into_iter().flatten().flatten() {
+                if e.file_name().to_string_lossy().starts_with("checkpoint-") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+            let c0 = proc_cpu(peer);
+            let t0 = Instant::now();
+            // No --port: it would override the syslog port given in `extra`.
+            let mut f = Command::new(BIN)
+                .args(["--log-level", "warn", "forward", "--oneshot", "--path"])
+                .arg(log)
+                .arg("--state-dir")
+                .arg(st)
+                .args(extra)
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("forwarder");
+            let fu = wait_usage(&mut f);
+            let wall = t0.elapsed();
+            let ru = Usage {
+                cpu: proc_cpu(peer).saturating_sub(c0),
+                max_rss_kb: common::proc_status_kib(peer, "VmHWM") as i64,
+            };
+            figures(events, bytes, wall, &fu, &ru)
+        })
+        .collect();
+    runs.sort_by(|a, b| a[2].total_cmp(&b[2]));
+    row(name, &runs[runs.len() / 2]);
+}
+
+/// The S3 output into moto and the syslog output into rsyslog (RELP and
+/// plain TCP, omfile), when those peers are installed (scripts/test-all.sh).
+fn sinks(logs: &[(&str, std::path::PathBuf, u64)], events: usize, dir: &Path) {
+    let st = dir.join("state-sinks");
+    std::fs::create_dir_all(&st).unwrap();
+    let have_moto = Command::new("python3")
+        .args(["-c", "import moto, boto3"])
+        .status()
+        .is_ok_and(|s| s.success());
+    let have_rsyslog = Command::new("rsyslogd").arg("-v").output().is_ok();
+    let (name, log, bytes) = logs
+        .iter()
+        .find(|(n, _, _)| *n == "metadata")
+        .expect("metadata log");
+    if have_moto
+        && ["S3", "s3"]
+            .iter()
+            .any(|n| selected(&format!("{name} {n}")))
+    {
+        let moto = common::sinks::Moto::start();
+        let creds = dir.join("aws-credentials");
+        std::fs::write(
+            &creds,
+            "[default]\naws_access_key_id = bench\naws_secret_access_key = bench\n",
+        )
+        .unwrap();
+        let s3 = format!(
+            "output.s3={{ bucket = \"{}\", endpoint = \"{}\", path_style = true, credentials_file = {:?} }}",
+            common::sinks::BUCKET,
+            moto.endpoint(),
+            creds
+        );
+        sink_throughput(
+            &format!("{name} S3 (moto), gzip"),
+            log,
+            events,
+            *bytes,
+            &st,
+            &["--set", "output.type=\"s3\"", "--set", &s3],
+            moto.child.id(),
+        );
+    } else if !have_moto {
+        println!("(S3 variant skipped: pip install -r tests/s3/requirements.txt)");
+    }
+    if have_rsyslog
+        && ["RELP", "TCP"]
+            .iter()
+            .any(|n| selected(&format!("{name} syslog {n}")))
+    {
+        let pki = common::pki::Pki::new();
+        let rs = common::sinks::Rsyslog::start(dir, &pki);
+        let pid = rs.pid().expect("rsyslogd runs");
+        for (proto, port) in [("RELP", rs.ports.relp), ("TCP", rs.ports.tcp)] {
+            let p = format!("output.port={port}");
+            let sl = format!(
+                "output.syslog={{ protocol = \"{}\" }}",
+                proto.to_lowercase()
+            );
+            sink_throughput(
+                &format!("{name} syslog {proto} (rsyslog)"),
+                log,
+                events,
+                *bytes,
+                &st,
+                &["--set", "output.type=\"syslog\"", "--set", &p, "--set", &sl],
+                pid,
+            );
+        }
+    } else if !have_rsyslog {
+        println!("(syslog variants skipped: apt-get install rsyslog rsyslog-relp rsyslog-gnutls)");
+    }
+}
+
 fn bench_runs() -> usize {
     std::env::var("BENCH_RUNS")
         .ok()
@@ -590,6 +726,7 @@ fn main() {
     for (name, log, bytes) in logs.iter().filter(|(n, _, _)| *n == "metadata") {
         fluent_bit(&format!("{name} fluent-bit"), log, events, *bytes, d.path());
     }
+    sinks(&logs, events, d.path());
     println!();
     big_event(env("BENCH_BIG_EVENT_MB", 50, 2) << 20, d.path());
     if selected("latency") {

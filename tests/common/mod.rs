@@ -3,6 +3,7 @@
 
 pub mod pki;
 pub mod proxies;
+pub mod sinks;
 
 use audit_forwarder::synth::{Generator, Mix};
 use std::io::{BufRead, BufReader, Write};

@@ -105,8 +105,27 @@ fn event_time(event: &[u8]) -> Option<EventTime> {
 
 /// `2026-12-03T12:34:56.123456Z` (§6.2.3).
 fn write_timestamp(out: &mut Vec<u8>, t: EventTime) {
-    let d = chrono::DateTime::from_timestamp(i64::from(t.secs), t.nanos).unwrap_or_default();
-    let _ = std::io::Write::write_fmt(out, format_args!("{}", d.format("%Y-%m-%dT%H:%M:%S%.6fZ")));
+    use chrono::{Datelike, Timelike};
+    let d = chrono::DateTime::from_timestamp(i64::from(t.secs), 0).unwrap_or_default();
+    let parts = [
+        (None, d.year().clamp(0, 9999) as u32, 4),
+        (Some(b'-'), d.month(), 2),
+        (Some(b'-'), d.day(), 2),
+        (Some(b'T'), d.hour(), 2),
+        (Some(b':'), d.minute(), 2),
+        (Some(b':'), d.second(), 2),
+        (Some(b'.'), t.nanos.min(999_999_999) / 1000, 6),
+    ];
+    for (sep, mut v, n) in parts {
+        out.extend(sep);
+        let mut b = [b'0'; 6];
+        for d in b[..n].iter_mut().rev() {
+            *d = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+        out.extend_from_slice(&b[..n]);
+    }
+    out.push(b'Z');
 }
 
 /// Appends `MSG-LEN SP SYSLOG-MSG` (RFC 6587 §3.4.1).
