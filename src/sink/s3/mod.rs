@@ -140,7 +140,7 @@ struct Object {
 }
 
 enum Body {
-    Gzip(GzEncoder<Vec<u8>>),
+    Gzip(Box<GzEncoder<Vec<u8>>>),
     Plain(Vec<u8>),
 }
 
@@ -148,7 +148,10 @@ impl Object {
     fn new(gzip: Option<u32>) -> Self {
         Object {
             body: match gzip {
-                Some(l) => Body::Gzip(GzEncoder::new(Vec::new(), flate2::Compression::new(l))),
+                Some(l) => Body::Gzip(Box::new(GzEncoder::new(
+                    Vec::new(),
+                    flate2::Compression::new(l),
+                ))),
                 None => Body::Plain(Vec::new()),
             },
             raw: 0,
