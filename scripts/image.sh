@@ -21,7 +21,7 @@ ROOT=$PWD
 mode="${1:-fast}"
 IMAGE="${IMAGE:-localhost/audit-forwarder:dev}"
 EVENTS="${EVENTS:-2000}"
-RUNTIME_BASE=localhost/audit-forwarder-runtime-base:bookworm
+RUNTIME_BASE=localhost/audit-forwarder-runtime-base:bookworm-ca
 BUILDER_BASE=localhost/audit-forwarder-builder-base:bookworm
 work="$ROOT/target/image"
 mkdir -p "$work"
@@ -48,9 +48,14 @@ runtime_base() {
   step "making the runtime base $RUNTIME_BASE from Debian packages"
   local d="$work/runtime-base"
   $sudo rm -rf "$d"; mkdir -p "$d/debs" "$d/root"
-  (cd "$d/debs" && { apt-get download libc6 libgcc-s1 netbase tzdata base-files 2>/dev/null \
-    || { $sudo apt-get update -qq && apt-get download libc6 libgcc-s1 netbase tzdata base-files; }; })
+  local pkgs=(libc6 libgcc-s1 netbase tzdata base-files ca-certificates)
+  (cd "$d/debs" && { apt-get download "${pkgs[@]}" 2>/dev/null \
+    || { $sudo apt-get update -qq && apt-get download "${pkgs[@]}"; }; })
   for deb in "$d"/debs/*.deb; do dpkg-deb -x "$deb" "$d/root"; done
+  # The CA bundle update-ca-certificates would make (distroless/cc has
+  # it): the S3 output verifies public stores against it.
+  mkdir -p "$d/root/etc/ssl/certs"
+  cat "$d"/root/usr/share/ca-certificates/mozilla/*.crt > "$d/root/etc/ssl/certs/ca-certificates.crt"
   printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' > "$d/root/etc/passwd"
   printf 'root:x:0:\nnonroot:x:65532:\n' > "$d/root/etc/group"
   install -d -m 1777 "$d/root/tmp"
@@ -139,6 +144,11 @@ user=$(podman image inspect --format '{{.Config.User}}' "$IMAGE")
 echo "image $IMAGE: $((size / 1000 / 1000)) MB ($size bytes), user $user"
 [ "$user" = "65532:65532" ] || die "the image runs as '$user', not 65532:65532"
 podman run --rm "${hardened[@]}" --network none "$IMAGE" --version
+cid=$(podman create "$IMAGE")
+bundle=$(podman export "$cid" | tar -tvf - | awk '$6 ~ /etc\/ssl\/certs\/ca-certificates\.crt$/ {print $3}')
+podman rm "$cid" >/dev/null
+echo "CA bundle: ${bundle:-none} bytes"
+[ "${bundle:-0}" -gt 100000 ] || die "no CA bundle in the image (the S3 output verifies public stores against it)"
 
 step "demo inside the image (no network, writable /tmp only): every output gets its share"
 podman run --rm "${hardened[@]}" --network none --tmpfs /tmp:rw,size=64m "$IMAGE" --log-level warn demo --events 300 \

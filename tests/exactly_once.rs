@@ -26,19 +26,6 @@ fn summary(out: &Path, want: &[String]) -> (usize, usize, usize, bool) {
     (got.len(), distinct.len(), missing, got == want)
 }
 
-fn forget_checkpoints(state: &Path) {
-    for e in std::fs::read_dir(state).unwrap() {
-        let p = e.unwrap().path();
-        if p.file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with("checkpoint-")
-        {
-            std::fs::remove_file(p).unwrap();
-        }
-    }
-}
-
 fn duplicate_events(hp: u16) -> f64 {
     let (_, m) = http_get(hp, "/metrics");
     metric(&m, "audit_forwarder_receiver_duplicate_events_total", "")

@@ -266,16 +266,7 @@ fn a_span_read_again_maps_to_its_stored_keys_and_is_not_stored_twice() {
     let mut f = forward(&cfg, true);
     assert_eq!(f.wait_exit(), 0, "{}", f.all_logs());
     let first = moto.objects();
-    for e in std::fs::read_dir(dir.path().join("state")).unwrap() {
-        let p = e.unwrap().path();
-        if p.file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with("checkpoint-")
-        {
-            std::fs::remove_file(p).unwrap();
-        }
-    }
+    forget_checkpoints(&dir.path().join("state"));
     let mut f = forward(&cfg, true);
     assert_eq!(f.wait_exit(), 0, "{}", f.all_logs());
     let kept = f.logged("object already stored");

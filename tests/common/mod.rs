@@ -511,3 +511,18 @@ pub fn connect_from(
     s.set_write_timeout(Some(Duration::from_secs(20))).ok()?;
     Some(s)
 }
+
+/// Deletes every `checkpoint-*` file in a state directory (the outputs
+/// start over; their stream ids stay).
+pub fn forget_checkpoints(state: &Path) {
+    for e in std::fs::read_dir(state).unwrap() {
+        let p = e.unwrap().path();
+        if p.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("checkpoint-")
+        {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+}
