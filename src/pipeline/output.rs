@@ -128,7 +128,10 @@ impl OutputPlan<'_> {
                 max_events: o.max_batch_events,
                 max_bytes: o.max_batch_bytes,
                 flush_interval: o.flush_interval,
-                gzip: o.gzip.then_some(o.gzip_level),
+                // The sinks decode chunks in process: compressing them would
+                // only cost CPU.
+                gzip: (o.gzip && !matches!(o.kind, OutputKind::S3 | OutputKind::Syslog))
+                    .then_some(o.gzip_level),
                 recycler,
                 pending,
                 stream: Some(stream),

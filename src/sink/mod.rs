@@ -17,6 +17,10 @@ use crate::record::origin::Position;
 use crate::record::time::EventTime;
 use tokio::sync::watch;
 
+/// Cap on a chunk's decompressed size (the pipeline does not compress
+/// chunks for sinks; this only bounds a bug).
+const MAX_DECODED: usize = 1 << 32;
+
 /// What is left of a chunk once its events were taken out: what its
 /// completion must report.
 #[derive(Debug)]
@@ -69,7 +73,7 @@ impl Progress {
     pub fn take(&self, c: Chunk, out: &mut Vec<u8>) -> (Done, Result<Span, MessageError>) {
         let mut span = Ok(Span::default());
         if !c.payload.is_empty() {
-            span = message::decode(&c.payload, usize::MAX, out).map(|d| match d {
+            span = message::decode(&c.payload, MAX_DECODED, out).map(|d| match d {
                 Some(d) => Span {
                     source: String::from_utf8_lossy(d.identity.source).into_owned(),
                     start: d.identity.start,
@@ -78,6 +82,11 @@ impl Progress {
                 },
                 None => Span::default(),
             });
+        }
+        if let Err(e) = &span {
+            // A bug, not input: say so loudly, and count the events as lost.
+            self.m.dropped("undecodable", c.events);
+            tracing::error!(error = %e, events = c.events, "internal: a chunk could not be decoded; its events are counted in events_dropped{{reason=\"undecodable\"}}");
         }
         let done = Done {
             seq: c.seq,
@@ -126,4 +135,27 @@ impl Done {
     pub fn time(&self) -> Option<EventTime> {
         self.last_time
     }
+}
+
+/// The event's time for keys and syslog headers: its top-level
+/// `stageTimestamp`, else `requestReceivedTimestamp`. Both come after
+/// `requestObject`/`responseObject` in an audit event, so the last
+/// occurrence is the top-level one (inside string values the quotes would
+/// be escaped).
+pub fn event_time(event: &[u8]) -> Option<EventTime> {
+    for key in [
+        &b"\"stageTimestamp\":\""[..],
+        b"\"requestReceivedTimestamp\":\"",
+    ] {
+        if let Some(i) = memchr::memmem::rfind(event, key) {
+            let rest = &event[i + key.len()..];
+            if let Some(t) = memchr::memchr(b'"', rest)
+                .and_then(|end| std::str::from_utf8(&rest[..end]).ok())
+                .and_then(EventTime::parse_rfc3339)
+            {
+                return Some(t);
+            }
+        }
+    }
+    None
 }

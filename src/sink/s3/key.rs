@@ -57,9 +57,10 @@ pub struct KeyInput<'a> {
     pub end: u64,
 }
 
-/// Characters allowed in keys and `key_vars` values besides ASCII
-/// alphanumerics (AWS's "safe characters", plus `/` between segments).
-const SAFE: &[u8] = b"!-_.*'()/=";
+/// Characters allowed in keys besides ASCII alphanumerics: those of AWS's
+/// "safe characters" that `object_store` paths keep as they are, and `/`
+/// between segments (in the template only, not in `key_vars` values).
+const SAFE: &[u8] = b"-_.=/";
 
 fn safe(s: &str) -> bool {
     s.bytes()
@@ -93,11 +94,12 @@ impl Template {
                 "start" => Part::Start,
                 "end" => Part::End,
                 v => match vars.get(v) {
-                    Some(val) if !val.is_empty() && safe(val) => Part::Text(val.clone()),
+                    Some(val) if !val.is_empty() && !val.contains('/') && safe(val) => {
+                        Part::Text(val.clone())
+                    }
                     Some(val) => {
                         return Err(format!(
-                            "key_vars.{v}: {val:?} must be non-empty and use only A-Z a-z 0-9 and {}",
-                            String::from_utf8_lossy(SAFE)
+                            "key_vars.{v}: {val:?} must be non-empty and use only A-Z a-z 0-9 and -_.="
                         ));
                     }
                     None => {
@@ -215,12 +217,15 @@ mod tests {
             let e = Template::parse(t, &none).unwrap_err();
             assert!(e.contains(why), "{t}: {e}");
         }
-        let bad = BTreeMap::from([("c".to_string(), "a b".to_string())]);
-        assert!(
-            Template::parse("{c}/{id}", &bad)
-                .unwrap_err()
-                .contains("key_vars.c")
-        );
+        for v in ["a b", "a/b", "a*b", ""] {
+            let bad = BTreeMap::from([("c".to_string(), v.to_string())]);
+            assert!(
+                Template::parse("{c}/{id}", &bad)
+                    .unwrap_err()
+                    .contains("key_vars.c"),
+                "{v:?}"
+            );
+        }
         assert!(Template::parse("{stream}/{source}/{start}-{end}", &none).is_ok());
     }
 }

@@ -26,7 +26,7 @@ pub mod key;
 pub mod settings;
 pub mod store;
 
-use super::{Done, Progress, Span};
+use super::{Done, Progress};
 use crate::forward::batch::Chunk;
 use crate::forward::client::ClientEnd;
 use crate::ops::logging::RateLimit;
@@ -136,7 +136,7 @@ struct Object {
     opened: Instant,
     /// The first event's time (the key's time placeholders).
     time: Option<EventTime>,
-    span: Option<Span>,
+    span: Option<super::Span>,
 }
 
 enum Body {
@@ -174,7 +174,15 @@ impl Object {
         }
     }
 
-    fn finish(self) -> (Bytes, Vec<Done>, u64, Option<EventTime>, Option<Span>) {
+    fn finish(
+        self,
+    ) -> (
+        Bytes,
+        Vec<Done>,
+        u64,
+        Option<EventTime>,
+        Option<super::Span>,
+    ) {
         let bytes = match self.body {
             Body::Gzip(g) => g.finish().unwrap_or_default(),
             Body::Plain(v) => v,
@@ -232,79 +240,81 @@ impl S3Sink {
         loop {
             let due = obj.as_ref().map(|o| o.opened + self.cfg.max_object_age);
             tokio::select! {
-                biased;
-                _ = crate::stopped(&mut sd) => {
-                    self.rx.close();
-                    if let Some(o) = obj.take() {
-                        info!(output = %self.cfg.output, "stopping: uploading the open object");
-                        self.upload(o).await;
+                    biased;
+                    _ = crate::stopped(&mut sd) => {
+                        self.rx.close();
+                        if let Some(o) = obj.take() {
+                            info!(output = %self.cfg.output, "stopping: uploading the open object");
+                            self.upload(o).await;
+                        }
+                        // Chunks still queued were never taken: read again after restart.
+                        while let Ok(c) = self.rx.try_recv() {
+                            let (d, _) = self.progress.take(c, &mut lines);
+                            self.progress.dropped([d]);
+                        }
+                        return ClientEnd::Shutdown { unacked: 0 };
                     }
-                    // Chunks still queued were never taken: read again after restart.
-                    while let Ok(c) = self.rx.try_recv() {
-                        let (d, _) = self.progress.take(c, &mut lines);
-                        self.progress.dropped([d]);
-                    }
-                    return ClientEnd::Shutdown { unacked: 0 };
-                }
-                _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
-                    if let Some(o) = obj.take() {
-                        self.upload(o).await;
-                    }
-                }
-                c = self.rx.recv() => match c {
-                    None => {
+                    _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
                         if let Some(o) = obj.take() {
                             self.upload(o).await;
                         }
-                        return ClientEnd::Drained;
                     }
-                    Some(c) => {
-                        lines.clear();
-                        let (done, span) = self.progress.take(c, &mut lines);
-                        let span = match span {
-                            Ok(s) => s,
-                            Err(e) => {
-                                warn!(error = %e, "internal: cannot decode an own chunk");
-                                Span::default()
+                    c = self.rx.recv() => match c {
+                        None => {
+                            if let Some(o) = obj.take() {
+                                self.upload(o).await;
                             }
-                        };
-                        if done.events() == 0 || span.gap {
-                            // Nothing to store: done with what precedes it.
-                            match obj.as_mut() {
-                                Some(o) => o.chunks.push(done),
-                                None => self.progress.done([done]),
+                            return ClientEnd::Drained;
+                        }
+                        Some(c) => {
+                            lines.clear();
+            let (done, span) = self.progress.take(c, &mut lines);
+                            // Undecodable (a bug): logged and counted by `take`.
+                            let span = span.unwrap_or_default();
+                            if done.events() == 0 || span.gap {
+                                // Nothing to store: done with what precedes it.
+                                match obj.as_mut() {
+                                    Some(o) => o.chunks.push(done),
+                                    None => self.progress.done([done]),
+                                }
+                                continue;
                             }
-                            continue;
+                            // One object, one file: a chunk of another file
+                            // closes the open object first.
+                            if let Some(o) = obj.as_ref()
+                                && o.span.as_ref().is_some_and(|s| s.source != span.source)
+                                && let Some(o) = obj.take()
+                            {
+                                self.upload(o).await;
+                            }
+                            let o = obj.get_or_insert_with(|| Object::new(self.cfg.gzip));
+                            o.append(&lines);
+                            o.events += done.events();
+                            // The first event's own time: the same span read
+                            // again maps to the same key whatever the chunking.
+                            if o.time.is_none() {
+                                let first = lines.split(|b| *b == b'\n').next().unwrap_or_default();
+                                o.time = super::event_time(first).or(done.time());
+                            }
+                            match o.span.as_mut() {
+                                Some(s) => s.end = span.end,
+                                None => o.span = Some(span),
+                            }
+                            o.chunks.push(done);
+                            if o.raw >= self.cfg.max_object_bytes
+                                && let Some(o) = obj.take()
+                            {
+                                self.upload(o).await;
+                            }
                         }
-                        // One object, one file: a chunk of another file
-                        // closes the open object first.
-                        if let Some(o) = obj.as_ref()
-                            && o.span.as_ref().is_some_and(|s| s.source != span.source)
-                            && let Some(o) = obj.take()
-                        {
-                            self.upload(o).await;
-                        }
-                        let o = obj.get_or_insert_with(|| Object::new(self.cfg.gzip));
-                        o.append(&lines);
-                        o.events += done.events();
-                        o.time = o.time.or(done.time());
-                        match o.span.as_mut() {
-                            Some(s) => s.end = span.end,
-                            None => o.span = Some(span),
-                        }
-                        o.chunks.push(done);
-                        if o.raw >= self.cfg.max_object_bytes
-                            && let Some(o) = obj.take()
-                        {
-                            self.upload(o).await;
-                        }
-                    }
-                },
-            }
+                    },
+                }
         }
     }
 
     /// Uploads `o` until the store confirms it; then its chunks are done.
+    /// On shutdown during retries it gives up: the chunks stay unreported
+    /// and are read again after the restart.
     async fn upload(&mut self, o: Object) {
         let (body, chunks, events, time, span) = o.finish();
         if events == 0 {
@@ -359,7 +369,15 @@ impl S3Sink {
                         warn!(key = %key, error = %e, reason = %reason, attempt, retry_in_ms = wait.as_millis() as u64,
                             suppressed = n, "object upload failed; will retry (the checkpoint stays before it)");
                     }
-                    tokio::time::sleep(wait).await;
+                    let mut sd = self.shutdown.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = crate::stopped(&mut sd) => {
+                            warn!(key = %key, events, "stopping while the store fails: the object is not stored; its events are read again after the restart");
+                            self.progress.dropped(chunks);
+                            return;
+                        }
+                    }
                 }
             }
         }
@@ -384,13 +402,27 @@ impl S3Sink {
             };
             return match store.put_opts(path, PutPayload::from(body), opts).await {
                 Ok(_) => Ok(Stored::Written),
-                Err(object_store::Error::AlreadyExists { .. }) => Ok(Stored::Existing),
+                // object_store reports a 412 to If-None-Match, but also any
+                // 409 Conflict, as AlreadyExists: only an object that is
+                // there counts as stored.
+                Err(e @ object_store::Error::AlreadyExists { .. }) => {
+                    match store.head(path).await {
+                        Ok(_) if self.cfg.no_overwrite => Ok(Stored::Existing),
+                        Ok(_) | Err(_) => Err(e),
+                    }
+                }
                 Err(e) => Err(e),
             };
         }
         // Multipart: parts of `part_bytes`, completed only when all are in.
-        if self.cfg.no_overwrite && store.head(path).await.is_ok() {
-            return Ok(Stored::Existing);
+        if self.cfg.no_overwrite {
+            match store.head(path).await {
+                Ok(_) => return Ok(Stored::Existing),
+                Err(object_store::Error::NotFound { .. }) => {}
+                // Unknown (403 to HEAD, 5xx): retry rather than risk
+                // replacing a stored object.
+                Err(e) => return Err(e),
+            }
         }
         let opts = object_store::PutMultipartOptions {
             attributes: attrs,

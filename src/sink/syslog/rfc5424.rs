@@ -76,31 +76,11 @@ impl Header {
     /// Appends one message for `event` (one JSON object, no newline).
     pub fn write(&self, out: &mut Vec<u8>, event: &[u8]) {
         out.extend_from_slice(self.lead.as_bytes());
-        let t = event_time(event).unwrap_or_else(EventTime::now);
+        let t = crate::sink::event_time(event).unwrap_or_else(EventTime::now);
         write_timestamp(out, t);
         out.extend_from_slice(self.tail.as_bytes());
         out.extend_from_slice(event);
     }
-}
-
-/// The event's `stageTimestamp`, else `requestReceivedTimestamp`.
-fn event_time(event: &[u8]) -> Option<EventTime> {
-    for key in [
-        &b"\"stageTimestamp\":\""[..],
-        b"\"requestReceivedTimestamp\":\"",
-    ] {
-        if let Some(i) = memchr::memmem::find(event, key) {
-            let rest = &event[i + key.len()..];
-            let end = memchr::memchr(b'"', rest)?;
-            if let Some(t) = std::str::from_utf8(&rest[..end])
-                .ok()
-                .and_then(EventTime::parse_rfc3339)
-            {
-                return Some(t);
-            }
-        }
-    }
-    None
 }
 
 /// `2026-12-03T12:34:56.123456Z` (§6.2.3).
