@@ -316,3 +316,69 @@ fn sigterm_uploads_the_open_object_and_saves_the_checkpoint() {
         "nothing stored again after the restart"
     );
 }
+
+/// No static credentials: web identity (`AWS_WEB_IDENTITY_TOKEN_FILE` +
+/// `AWS_ROLE_ARN`, as EKS IRSA or Gardener workload identity set them)
+/// against moto's STS, and the store over HTTPS (stunnel in front of moto)
+/// verified with `ca_file`. object_store allows STS only over HTTPS.
+#[test]
+fn web_identity_credentials_and_https_to_the_store() {
+    let moto = Moto::start();
+    let pki = common::pki::Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (_front, https) = common::proxies::tls_front(
+        dir.path(),
+        &pki.p("server.crt"),
+        &pki.p("server.key"),
+        moto.port,
+    );
+    let logp = dir.path().join("audit.log");
+    let mut log = ApiServerLog::new(&logp, 21, Mix::Metadata);
+    log.write(500);
+    let token = dir.path().join("token");
+    std::fs::write(&token, "eyJhbGciOiJSUzI1NiJ9.e30.sig").unwrap();
+    let cfg = dir.path().join("cfg.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"state_dir = "{state}"
+[tail]
+path = "{log}"
+[[outputs]]
+name = "archive"
+type = "s3"
+retry_min = "20ms"
+retry_max = "300ms"
+[outputs.s3]
+bucket = "{BUCKET}"
+endpoint = "https://127.0.0.1:{https}"
+path_style = true
+ca_file = "{ca}"
+key = "wi/{{id}}.jsonl.gz"
+"#,
+            state = dir.path().join("state").display(),
+            log = logp.display(),
+            ca = pki.p("ca.crt"),
+        ),
+    )
+    .unwrap();
+    let sts = format!("https://127.0.0.1:{https}");
+    let mut f = Proc::spawn(
+        &["forward", "--config", cfg.to_str().unwrap(), "--oneshot"],
+        &[
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", token.to_str().unwrap()),
+            (
+                "AWS_ROLE_ARN",
+                "arn:aws:iam::123456789012:role/audit-archive",
+            ),
+            ("AWS_ENDPOINT_URL_STS", &sts),
+        ],
+    );
+    assert_eq!(f.wait_exit(), 0, "{}", f.all_logs());
+    let objs: Vec<Obj> = moto
+        .objects()
+        .into_iter()
+        .filter(|o| o.key.starts_with("wi/"))
+        .collect();
+    assert_eq!(counts(&objs).len(), 500);
+}

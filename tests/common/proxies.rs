@@ -192,3 +192,21 @@ pub fn stunnel(dir: &Path, cert: &str, key: &str, ca: &str, to_port: u16) -> (Da
     let log = dir.join(format!("stunnel-{port}.log"));
     (Daemon::start("stunnel", cmd, Ready::Tcp(port), log), port)
 }
+
+/// stunnel terminating TLS in front of a TCP server, without client
+/// certificates (an HTTPS endpoint for a plain-HTTP test server).
+pub fn tls_front(dir: &Path, cert: &str, key: &str, to_port: u16) -> (Daemon, u16) {
+    let port = super::free_port();
+    let conf = dir.join(format!("stunnel-{port}.conf"));
+    std::fs::write(
+        &conf,
+        format!(
+            "foreground = yes\npid =\ndebug = notice\n[front]\naccept = 127.0.0.1:{port}\nconnect = 127.0.0.1:{to_port}\n\
+             cert = {cert}\nkey = {key}\n"
+        ),
+    )
+    .unwrap();
+    let cmd = vec!["stunnel".into(), conf.display().to_string()];
+    let log = dir.join(format!("stunnel-{port}.log"));
+    (Daemon::start("stunnel", cmd, Ready::Tcp(port), log), port)
+}

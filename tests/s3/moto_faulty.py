@@ -18,6 +18,7 @@ while a fault is armed. Control endpoint (not S3):
 count and seconds may be combined (both must still hold); neither = until DELETE.
 """
 import argparse
+import io
 import os
 import json
 import threading
@@ -93,6 +94,16 @@ class FaultMiddleware:
     def __call__(self, environ, start_response):
         if environ.get("PATH_INFO") == "/__fault__":
             return self._control(environ, start_response)
+        # An unsigned STS call (AssumeRoleWithWebIdentity) is recognised by
+        # moto from its form body; object_store sends the parameters in the
+        # query of an empty POST: hand them to moto as the form body.
+        qs = environ.get("QUERY_STRING", "")
+        if "Action=AssumeRoleWithWebIdentity" in qs and not int(environ.get("CONTENT_LENGTH") or 0):
+            body = qs.encode()
+            environ["wsgi.input"] = io.BytesIO(body)
+            environ["CONTENT_LENGTH"] = str(len(body))
+            environ["CONTENT_TYPE"] = "application/x-www-form-urlencoded"
+            environ["QUERY_STRING"] = ""
         f = self._take(environ)
         if f is None:
             return self.app(environ, start_response)
