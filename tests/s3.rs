@@ -16,16 +16,13 @@ use std::path::Path;
 /// A configuration file: the tail of `log`, one S3 output with `extra`
 /// lines in `[outputs.s3]` and `out_extra` in `[[outputs]]`.
 fn config(dir: &Path, log: &Path, moto: &Moto, out_extra: &str, extra: &str) -> String {
-    let p = dir.join("cfg.toml");
-    std::fs::write(
-        &p,
-        format!(
-            r#"state_dir = "{state}"
-http_listen = "127.0.0.1:0"
-[tail]
-path = "{log}"
-poll_interval = "20ms"
-[[outputs]]
+    let key = if extra.contains("key = ") {
+        ""
+    } else {
+        r#"key = "audit/{cluster}/{yyyy}/{mm}/{dd}/{hh}/{id}.jsonl.gz""#
+    };
+    let outputs = format!(
+        r#"[[outputs]]
 name = "archive"
 type = "s3"
 retry_min = "20ms"
@@ -39,18 +36,9 @@ key_vars = {{ cluster = "shoot--ci--a" }}
 {key}
 {extra}
 "#,
-            key = if extra.contains("key = ") {
-                ""
-            } else {
-                r#"key = "audit/{cluster}/{yyyy}/{mm}/{dd}/{hh}/{id}.jsonl.gz""#
-            },
-            state = dir.join("state").display(),
-            log = log.display(),
-            endpoint = moto.endpoint(),
-        ),
-    )
-    .unwrap();
-    p.display().to_string()
+        endpoint = moto.endpoint(),
+    );
+    forwarder_config(dir, log, &outputs)
 }
 
 const CREDS: [(&str, &str); 2] = [

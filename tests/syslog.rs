@@ -20,16 +20,8 @@ use std::time::{Duration, Instant};
 
 /// A forwarder configuration: the tail of `log`, one syslog output.
 fn config(dir: &Path, log: &Path, port: u16, syslog: &str, out_extra: &str) -> String {
-    let p = dir.join("cfg.toml");
-    std::fs::write(
-        &p,
-        format!(
-            r#"state_dir = "{state}"
-http_listen = "127.0.0.1:0"
-[tail]
-path = "{log}"
-poll_interval = "20ms"
-[[outputs]]
+    let outputs = format!(
+        r#"[[outputs]]
 name = "siem"
 type = "syslog"
 host = "127.0.0.1"
@@ -40,13 +32,9 @@ retry_max = "300ms"
 [outputs.syslog]
 hostname = "seed-1"
 {syslog}
-"#,
-            state = dir.join("state").display(),
-            log = log.display(),
-        ),
-    )
-    .unwrap();
-    p.display().to_string()
+"#
+    );
+    forwarder_config(dir, log, &outputs)
 }
 
 fn tls_keys(pki: &Pki, cert: &str) -> String {

@@ -526,3 +526,17 @@ pub fn forget_checkpoints(state: &Path) {
         }
     }
 }
+
+/// Writes `dir/cfg.toml`: state in `dir/state`, metrics on an ephemeral
+/// loopback port, the tail of `log` (20 ms polls), then `outputs` (TOML
+/// text of the `[[outputs]]` tables). Returns its path.
+pub fn forwarder_config(dir: &Path, log: &Path, outputs: &str) -> String {
+    let p = dir.join("cfg.toml");
+    let text = format!(
+        "state_dir = {:?}\nhttp_listen = \"127.0.0.1:0\"\n[tail]\npath = {:?}\npoll_interval = \"20ms\"\n{outputs}",
+        dir.join("state").display().to_string(),
+        log.display().to_string(),
+    );
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
